@@ -1,0 +1,88 @@
+"""A model with its weights and what they expect: the object everything downstream works with."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import preprocess
+from research.errors import UserError
+from research.models import ModelSpec, layers
+from research.weights import mapping, store
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@functools.lru_cache(maxsize=64)
+def _forward(spec: ModelSpec, taps: tuple[str, ...], dtype: str, preprocessing: str):
+    """One jitted forward per (spec, taps, dtype, preprocessing); jax caches it per input shape."""
+    model = spec.build(DTYPES[dtype])
+
+    @jax.jit
+    def forward(variables, images):
+        out = model.apply(variables, preprocess.apply(preprocessing, images), train=False, taps=taps)
+        return {name: value.astype(jnp.float32) for name, value in out.items()}
+
+    return forward
+
+
+@dataclasses.dataclass
+class Bundle:
+    spec: ModelSpec
+    variables: dict
+    meta: dict
+
+    @property
+    def preprocessing(self) -> str:
+        return self.meta["preprocessing"]
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.variables.get("params", {})))
+
+    def model(self, dtype: Any = jnp.float32):
+        return self.spec.build(dtype)
+
+    def features(self, images, taps=("logits",), dtype: str = "float32") -> dict[str, jax.Array]:
+        """uint8 RGB NHWC images at the model's input size -> {tap: float32 array}, NHWC where spatial.
+
+        The weights' own preprocessing is applied; the forward stops at the deepest tap asked for.
+        """
+        taps = self.spec.check_taps([taps] if isinstance(taps, str) else taps)
+        images = self._check_images(images)
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        return _forward(self.spec, taps, dtype, self.preprocessing)(self._device_variables, images)
+
+    @functools.cached_property
+    def _device_variables(self):
+        return jax.device_put(self.variables)
+
+    def _check_images(self, images):
+        if not isinstance(images, jax.Array):
+            images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise UserError(f"images must be uint8 RGB NHWC (N, H, W, 3), got {images.dtype} {images.shape}")
+        fixed = self.spec.fixed_input_size
+        if fixed and images.shape[1:3] != (fixed, fixed):
+            raise UserError(f"{self.spec.arch} with its classifier takes {fixed}x{fixed} images, "
+                            f"got {images.shape[1]}x{images.shape[2]}")
+        return images
+
+    def with_head(self, num_classes: int, seed: int = 0) -> "Bundle":
+        """A fresh head of `num_classes` (0 removes it); the rest of the weights are kept."""
+        spec = dataclasses.replace(self.spec, num_classes=num_classes)
+        params = {k: v for k, v in self.variables["params"].items() if k != "head"}
+        if num_classes:
+            n_in = mapping.template(spec)[("params", "head", "fc", "kernel")][0]
+            head = layers.LinearHead(num_classes).init(jax.random.key(seed), jnp.zeros((1, n_in)))
+            params["head"] = jax.tree.map(np.asarray, head["params"])
+        meta = {**self.meta, "model": spec.to_dict(), "head": {"num_classes": num_classes, "seed": seed}}
+        return Bundle(spec, {**self.variables, "params": params}, meta)
+
+    def save(self, out, overwrite: bool = False):
+        return store.save(out, self.variables, self.meta, overwrite)

@@ -1,0 +1,140 @@
+"""Seeded uint8 batches from a Source: decode, resize, batch, prefetch.
+
+Built on Grain (`grain.MapDataset`), the JAX-native loader: it installs cleanly from PyPI (pinned in
+pyproject), keeps the output order deterministic while decoding on a thread pool (PIL releases the GIL), and its
+iterators can save and restore their position (`get_state` / `set_state`) for resumable training.
+
+- Folders: one element per record (decode + resize); unreadable files are dropped with a warning and named
+  in `skips`, and the survivors are batched, so batches stay full.
+- Packs: one element per batch, read as one slice (or one sorted point selection when shuffled) from the
+  HDF5 file; no decoding. A pack holds one size and policy: asking for another is a UserError.
+
+The order is `indices` as given, or a permutation of them by `seed` when `shuffle` is set; pass a different
+seed per epoch (e.g. seed + epoch) for a new order each epoch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from research.data.decode import BadImage, SkipLog, decode
+from research.data.resize import policy as make_policy
+from research.data.sources import Source
+from research.errors import UserError
+
+PREFETCH_BATCHES = 4
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def batches(source: Source, indices=None, batch_size: int = 32, image_size: int | None = None, policy=None,
+            seed: int | None = None, shuffle: bool = False, drop_remainder: bool = False,
+            workers: int | None = None, prefetch: int = PREFETCH_BATCHES,
+            skips: SkipLog | None = None) -> Iterator[dict]:
+    """Yields {"images": uint8 (B,N,N,3), "labels": int32 (B,), "index": int64 (B,)}.
+
+    `indices` defaults to every record; `policy` is a ResizePolicy or a method name (default direct, bilinear;
+    for a pack, None means as stored). Unreadable files are recorded in `skips` when given.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    order = ordering(len(source) if indices is None else indices, seed, shuffle)
+    workers = workers or default_workers()
+    if len(order) == 0:
+        return iter(())
+    if source.kind == "pack":
+        _check_pack_request(source, image_size, policy)
+        return _pack_batches(source, order, batch_size, drop_remainder, workers, prefetch)
+    if image_size is None:
+        raise UserError("an image size is needed to load images from a folder")
+    chosen = make_policy(policy or "direct")
+    return _file_batches(source, order, batch_size, image_size, chosen, drop_remainder, workers, prefetch,
+                         skips if skips is not None else SkipLog())
+
+
+def ordering(indices, seed: int | None = None, shuffle: bool = False) -> np.ndarray:
+    """int64 record indices in load order: as given, or permuted by `seed`. An int n means range(n)."""
+    order = np.arange(indices, dtype=np.int64) if np.isscalar(indices) else np.asarray(indices, np.int64)
+    if not shuffle:
+        return order
+    if seed is None:
+        raise ValueError("shuffle needs an explicit seed")
+    return order[np.random.default_rng(int(seed)).permutation(len(order))]
+
+
+def shard(indices, process_index: int, process_count: int, even: bool = True) -> np.ndarray:
+    """This host's share of `indices`, strided; `even` drops the tail so every host gets as many (for training;
+    pass even=False to evaluate every record)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process index {process_index} is not in [0, {process_count})")
+    indices = np.asarray(indices, np.int64)
+    if even:
+        indices = indices[: len(indices) // process_count * process_count]
+    return indices[process_index::process_count]
+
+
+def _file_batches(source, order, batch_size, image_size, policy, drop_remainder, workers, prefetch, skips):
+    import grain
+
+    def load(index):
+        index = int(index)
+        try:
+            image = policy.apply(decode(source.file(index)), image_size)
+        except BadImage as e:
+            skips.add(source.paths[index], e.reason)
+            return None
+        return {"images": image, "labels": np.int32(source.labels[index]), "index": np.int64(index)}
+
+    options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(1, prefetch * batch_size))
+    dataset = grain.MapDataset.source(order).map(load).filter(lambda x: x is not None)
+    return iter(dataset.to_iter_dataset(options).batch(batch_size, drop_remainder=drop_remainder))
+
+
+def _pack_batches(source, order, batch_size, drop_remainder, workers, prefetch):
+    import grain
+
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_remainder and len(chunks[-1]) < batch_size:
+        chunks = chunks[:-1]
+    path, labels = source.root, source.labels
+
+    def read(rows):
+        return {"images": read_rows(path, rows), "labels": labels[rows].astype(np.int32),
+                "index": np.asarray(rows, np.int64)}
+
+    options = grain.ReadOptions(num_threads=min(workers, 2), prefetch_buffer_size=max(1, prefetch))
+    return iter(grain.MapDataset.source(chunks).map(read).to_iter_dataset(options))
+
+
+def read_rows(path, rows) -> np.ndarray:
+    """Pack images at `rows` (any order, repeats allowed): one slice when contiguous, else sorted points."""
+    import h5py
+
+    rows = np.asarray(rows, np.int64)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    with h5py.File(path, "r") as f:
+        images = f["images"]
+        if unique[-1] - unique[0] + 1 == len(unique):
+            block = images[int(unique[0]):int(unique[-1]) + 1]
+        else:
+            block = images[unique]
+    return block[inverse]
+
+
+def _check_pack_request(source: Source, image_size, policy) -> None:
+    """A pack cannot be re-resized without loss, so a request must match what it holds."""
+    stored_size = int(source.attrs["image_size"])
+    if image_size is not None and int(image_size) != stored_size:
+        raise UserError(f"{source.spec} holds {stored_size}px images, not {image_size}px; pack it again at "
+                        f"--image-size {image_size}")
+    if policy is None:
+        return
+    asked = make_policy(policy)
+    stored = (source.attrs["resize"], source.attrs["interpolation"])
+    if (asked.method, asked.interpolation) != stored:
+        raise UserError(f"{source.spec} was packed with {stored[0]}/{stored[1]}, not "
+                        f"{asked.method}/{asked.interpolation}")

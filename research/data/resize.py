@@ -1,0 +1,90 @@
+"""Resize policies: how a decoded image becomes NxN, named so that outputs can record it.
+
+- `direct`: straight to NxN, aspect ratio not kept, as Keras' `load_img(target_size=...)` does.
+- `shorter_center_crop`: shorter side to round(N / 0.875) (256 for 224), then the centre NxN, as torchvision's
+  `Resize(256) + CenterCrop(224)` eval transform does, including its integer rules (the long side is
+  truncated, the crop offset rounded) so the pixels agree.
+
+Both use PIL's `resize` with an explicit filter (bilinear unless told), which is what both references call.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from research.errors import UserError
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+METHODS = ("direct", "shorter_center_crop")
+CROP_FRACTION = 0.875
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizePolicy:
+    """A method and an interpolation; `record(size)` is the JSON-able description outputs store."""
+
+    method: str = "direct"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"unknown resize {self.method!r}; known: {', '.join(METHODS)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UserError(f"unknown interpolation {self.interpolation!r}; known: {', '.join(INTERPOLATIONS)}")
+
+    def apply(self, image, size: int) -> np.ndarray:
+        """uint8 HxWx3 (array or PIL image) -> uint8 size x size x 3."""
+        return resize(image, size, self)
+
+    def record(self, size: int) -> dict:
+        out = {"resize": self.method, "interpolation": self.interpolation, "image_size": int(size)}
+        if self.method == "shorter_center_crop":
+            out["shorter_side"] = shorter_side(size)
+        return out
+
+
+def policy(method="direct", interpolation: str = "bilinear") -> ResizePolicy:
+    """A ResizePolicy from names, or the policy itself when given one."""
+    if isinstance(method, ResizePolicy):
+        return method
+    return ResizePolicy(method, interpolation)
+
+
+def shorter_side(size: int) -> int:
+    return int(round(size / CROP_FRACTION))
+
+
+def resize(image, size: int, policy: ResizePolicy) -> np.ndarray:
+    """Apply `policy` to make an NxN uint8 RGB image."""
+    if size < 1:
+        raise UserError(f"image size must be positive, got {size}")
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    resample = INTERPOLATIONS[policy.interpolation]
+    if policy.method == "direct":
+        out = pil.resize((size, size), resample)
+    else:
+        out = _center_crop(pil.resize(_shorter_to(pil.size, shorter_side(size)), resample), size)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _shorter_to(wh: tuple[int, int], short: int) -> tuple[int, int]:
+    """(w, h) with the shorter side `short`; the long side truncated, as torchvision computes it."""
+    w, h = wh
+    if w <= h:
+        return short, int(short * h / w)
+    return int(short * w / h), short
+
+
+def _center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision's offsets: int(round((dim - size) / 2))."""
+    w, h = image.size
+    left = int(round((w - size) / 2.0))
+    top = int(round((h - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))

@@ -1,0 +1,66 @@
+"""One way in for weights: a raw source file (Keras `.h5` / `.weights.h5` / `.keras`, torchvision `.pth`) or a
+converted checkpoint directory. The format is sniffed from the bytes, the architecture from the contents.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from research.errors import UserError
+from research.models import ModelSpec
+from research.weights import keras, mapping, store, torchvision
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_2_PLUS = b"\x80"
+
+# source -> (converter, the preprocessing its ImageNet weights were trained with)
+SOURCES = {"keras": (keras, "caffe"), "torchvision": (torchvision, "torch")}
+
+
+def sniff(path) -> str:
+    """'checkpoint', 'keras' or 'torchvision', from what the path holds rather than its name."""
+    path = Path(path)
+    if path.is_dir():
+        if store.is_checkpoint(path):
+            return "checkpoint"
+        raise UserError(f"{path}: a directory, but not a converted checkpoint (no {store.META_FILE})")
+    if not path.is_file():
+        raise UserError(f"{path}: no such weights file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(HDF5_MAGIC) or (head.startswith(ZIP_MAGIC) and keras.is_keras_zip(path)):
+        return "keras"
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL_2_PLUS):
+        return "torchvision"
+    raise UserError(f"{path}: neither HDF5 (Keras) nor a torch file (.pth), nor a converted checkpoint")
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert(path, arch: str | None = None) -> tuple[ModelSpec, dict, dict]:
+    """A raw source file -> (spec, variables, meta). `arch`, if given, must agree with the file."""
+    path = Path(path)
+    source = sniff(path)
+    if source == "checkpoint":
+        raise UserError(f"{path} is already converted")
+    module, preprocessing = SOURCES[source]
+    spec, flat, unplaced = module.convert(path)
+    if arch and arch != spec.arch:
+        raise UserError(f"{path.name} holds {spec.arch} ({spec.layout} layout), not {arch}")
+    variables = mapping.assemble(flat, spec, path.name, unplaced)
+    from research import __version__
+
+    meta = {
+        "research_version": __version__,
+        "model": spec.to_dict(),
+        "preprocessing": preprocessing,
+        "source": {"file": path.name, "sha256": sha256(path), "framework": source},
+    }
+    return spec, variables, meta

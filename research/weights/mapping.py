@@ -1,0 +1,91 @@
+"""From a source's tensors to the model's variables, and the check that they fit.
+
+Each source module supplies a name table (source layer -> (param path, kind)); the functions here turn one
+layer's tensors of a given kind into Flax leaves, and `assemble` checks the result against the model.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from research.errors import UserError
+from research.models import ModelSpec
+
+# Flax leaf name of each BatchNorm tensor, in the order Keras stores them, and where it lives.
+BN_LEAVES = (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))
+
+
+def _leaf(path: str, collection: str, name: str) -> tuple[str, ...]:
+    return (collection, *path.split("/"), name)
+
+
+def conv_leaves(path: str, kernel, bias=None) -> dict:
+    """`kernel` is HWIO already."""
+    out = {_leaf(path, "params", "kernel"): kernel}
+    if bias is not None:
+        out[_leaf(path, "params", "bias")] = bias
+    return out
+
+
+def dense_leaves(path: str, kernel, bias) -> dict:
+    """`kernel` is (in, out) already."""
+    return {_leaf(path, "params", "kernel"): kernel, _leaf(path, "params", "bias"): bias}
+
+
+def bn_leaves(path: str, scale, bias, mean, var) -> dict:
+    return {_leaf(path, col, name): value for (col, name), value in zip(BN_LEAVES, (scale, bias, mean, var))}
+
+
+# Leaf builders by kind, and how many tensors each takes (in the source's order).
+KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,))}
+
+
+def leaves(kind: str, path: str, tensors, where: str) -> dict:
+    build, counts = KINDS[kind]
+    if len(tensors) not in counts:
+        raise UserError(f"{where}: {len(tensors)} tensors where a {kind} layer has {' or '.join(map(str, counts))}")
+    return build(path, *tensors)
+
+
+def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Reorders the rows of a dense kernel (in, out) that was trained on an NCHW flatten, for an NHWC one."""
+    n_in, n_out = kernel.shape
+    side = int(round((n_in // channels) ** 0.5))
+    if side * side * channels != n_in:
+        raise UserError(f"cannot reorder a {kernel.shape} kernel for {channels}-channel square inputs")
+    return kernel.reshape(channels, side, side, n_out).transpose(1, 2, 0, 3).reshape(n_in, n_out)
+
+
+@functools.lru_cache(maxsize=None)
+def template(spec: ModelSpec) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """The model's variable shapes, flattened, at no compute cost."""
+    import jax.numpy as jnp
+    model = spec.build()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), taps=spec.taps))
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes).items()}
+
+
+def mismatch_report(found: dict, expected: dict, unplaced=()) -> str | None:
+    """One readable line naming every missing key, extra key and shape mismatch, or None if all fit.
+
+    `unplaced` are source names that the name table has no place for; they count as "in file, not in model".
+    """
+    extra = sorted(["/".join(k) for k in found.keys() - expected.keys()] + list(unplaced))
+    missing = sorted("/".join(k) for k in expected.keys() - found.keys())
+    shapes = sorted(f"{'/'.join(k)} file {tuple(found[k].shape)} vs model {expected[k]}"
+                    for k in found.keys() & expected.keys() if tuple(found[k].shape) != expected[k])
+    parts = [f"{title} ({len(items)}): {', '.join(items)}"
+             for title, items in (("in file, not in model", extra), ("in model, not in file", missing),
+                                  ("shape mismatches", shapes)) if items]
+    return "; ".join(parts) or None
+
+
+def assemble(flat: dict, spec: ModelSpec, source: str, unplaced=()) -> dict:
+    """Checks `flat` against the model and nests it as {params, batch_stats}, all float32."""
+    problem = mismatch_report(flat, template(spec), unplaced)
+    if problem:
+        raise UserError(f"{source} does not fit {spec.arch} ({spec.layout}): {problem}")
+    return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()})

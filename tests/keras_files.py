@@ -1,0 +1,81 @@
+"""Keras models with random weights, written in every weight-file style that keras.applications users have.
+
+Keras 3 writes `.weights.h5`, `.keras` and the legacy `.h5` itself. Keras 2 and the 2016 VGG files cannot be
+produced without their old Keras, so they are written here with h5py in their documented layout: a
+`layer_names` attribute, and per layer a `weight_names` attribute naming datasets inside the layer's group.
+"""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+STYLES = ("weights.h5", "keras", "model_h5", "legacy_h5", "keras2_h5", "keras2016_h5")
+
+
+def randomize(model, seed: int = 0) -> None:
+    """He-scaled kernels and random BatchNorm statistics: Keras' defaults of 0 and 1 would hide a swap."""
+    import keras
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = weights[0].shape
+            new = [rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
+                   rng.uniform(0.5, 2.0, shape)]
+        else:
+            kernel, *rest = weights
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            new = [rng.normal(0, (2 / fan_in) ** 0.5, kernel.shape)] + [rng.normal(0, 0.1, b.shape) for b in rest]
+        layer.set_weights([w.astype(np.float32) for w in new])
+
+
+def _layer_weights(model):
+    for layer in model.layers:
+        if layer.weights:
+            yield layer.name, [(v.path.split("/")[-1], np.asarray(v.numpy())) for v in layer.weights]
+
+
+def _write_h5py(model, path, weight_name) -> None:
+    """Legacy layout; `weight_name(layer, leaf, index)` gives the dataset path inside the layer group."""
+    with h5py.File(path, "w") as f:
+        names = []
+        for layer in model.layers:
+            names.append(layer.name.encode())
+            f.create_group(layer.name).attrs["weight_names"] = np.array([], dtype="S1")
+        f.attrs["layer_names"] = np.array(names)
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.x"
+        for layer_name, weights in _layer_weights(model):
+            group = f[layer_name]
+            paths = [weight_name(layer_name, leaf, i) for i, (leaf, _) in enumerate(weights)]
+            for p, (_, value) in zip(paths, weights):
+                group.create_dataset(p, data=value)
+            group.attrs["weight_names"] = np.array([p.encode() for p in paths])
+
+
+def _keras2016_name(layer, leaf, index):
+    """The 2016 VGG files: `block1_conv1_W_1:0`, `block1_conv1_b_1:0`."""
+    return f"{layer}_{'W' if index == 0 else 'b'}_1:0"
+
+
+def write(model, path, style: str) -> None:
+    from keras.src.legacy.saving import legacy_h5_format
+    if style == "weights.h5":
+        model.save_weights(path)
+    elif style in ("keras", "model_h5"):
+        model.save(path)
+    elif style == "legacy_h5":
+        with h5py.File(path, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    elif style == "keras2_h5":
+        _write_h5py(model, path, lambda layer, leaf, i: f"{layer}/{leaf}:0")
+    elif style == "keras2016_h5":
+        _write_h5py(model, path, _keras2016_name)
+    else:
+        raise ValueError(style)
+
+
+def suffix(style: str) -> str:
+    return {"weights.h5": ".weights.h5", "keras": ".keras"}.get(style, ".h5")

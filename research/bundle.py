@@ -69,7 +69,7 @@ class Bundle:
             raise UserError(f"images must be uint8 RGB NHWC (N, H, W, 3), got {images.dtype} {images.shape}")
         fixed = self.spec.fixed_input_size
         if fixed and images.shape[1:3] != (fixed, fixed):
-            raise UserError(f"{self.spec.arch} with its classifier takes {fixed}x{fixed} images, "
+            raise UserError(f"{self.spec.arch} flattens into a dense layer here and takes {fixed}x{fixed} images, "
                             f"got {images.shape[1]}x{images.shape[2]}")
         return images
 

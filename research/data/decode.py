@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -40,14 +40,13 @@ class BadImage(UserError):
 
 
 def open_image(path_or_bytes) -> Image.Image:
-    """A fully loaded PIL image, or BadImage; loading here is what exposes truncation."""
+    """A fully loaded PIL image, or BadImage. Files are read whole first, so no handle stays open (PIL keeps
+    one for animated images); loading here is what exposes truncation."""
     name = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
-    stream = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency and EXIF chatter; we decide those above
-            image = Image.open(stream)
-            image.load()
+        data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+        image = Image.open(io.BytesIO(data))
+        image.load()
     except FileNotFoundError as e:
         raise BadImage(name, "no such file") from e
     except Image.DecompressionBombError as e:
@@ -64,17 +63,17 @@ def _reason(error: Exception) -> str:
     return text
 
 
-def to_rgb(image: Image.Image, name: str = "<image>") -> np.ndarray:
-    """Any PIL mode -> uint8 HxWx3, with the 16-bit rule above."""
+def to_rgb(image: Image.Image, name: str = "<image>") -> Image.Image:
+    """Any PIL mode -> an RGB PIL image, with the 16-bit rule above."""
     if image.mode in SIXTEEN_BIT_MODES:
         grey = scale_16_to_8(np.asarray(image))
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if image.mode != "RGB":
-        try:
-            image = image.convert("RGB")
-        except ValueError as e:
-            raise BadImage(name, f"cannot convert mode {image.mode} to RGB") from e
-    return np.asarray(image, dtype=np.uint8).copy()
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise BadImage(name, f"cannot convert mode {image.mode} to RGB") from e
 
 
 def scale_16_to_8(values: np.ndarray) -> np.ndarray:
@@ -83,10 +82,15 @@ def scale_16_to_8(values: np.ndarray) -> np.ndarray:
     return ((wide * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def decode(path_or_bytes) -> np.ndarray:
-    """A file path or its bytes -> uint8 HxWx3 RGB; BadImage if it cannot be read."""
+def decode_image(path_or_bytes) -> Image.Image:
+    """As `decode`, but kept as a PIL image, which saves two copies when a resize follows."""
     name = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
     return to_rgb(open_image(path_or_bytes), name)
+
+
+def decode(path_or_bytes) -> np.ndarray:
+    """A file path or its bytes -> uint8 HxWx3 RGB; BadImage if it cannot be read."""
+    return np.array(decode_image(path_or_bytes), dtype=np.uint8)
 
 
 class SkipLog:

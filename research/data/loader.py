@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from research.data.decode import BadImage, SkipLog, decode
+from research.data.decode import BadImage, SkipLog, decode_image
 from research.data.resize import policy as make_policy
 from research.data.sources import Source
 from research.errors import UserError
@@ -43,6 +43,8 @@ def batches(source: Source, indices=None, batch_size: int = 32, image_size: int 
     if batch_size < 1:
         raise UserError(f"batch size must be positive, got {batch_size}")
     order = ordering(len(source) if indices is None else indices, seed, shuffle)
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be positive, got {workers}")
     workers = workers or default_workers()
     if len(order) == 0:
         return iter(())
@@ -83,7 +85,7 @@ def _file_batches(source, order, batch_size, image_size, policy, drop_remainder,
     def load(index):
         index = int(index)
         try:
-            image = policy.apply(decode(source.file(index)), image_size)
+            image = policy.apply(decode_image(source.file(index)), image_size)
         except BadImage as e:
             skips.add(source.paths[index], e.reason)
             return None
@@ -106,6 +108,7 @@ def _pack_batches(source, order, batch_size, drop_remainder, workers, prefetch):
         return {"images": read_rows(path, rows), "labels": labels[rows].astype(np.int32),
                 "index": np.asarray(rows, np.int64)}
 
+    # h5py serialises reads behind one lock, so a second thread only overlaps reading with the consumer.
     options = grain.ReadOptions(num_threads=min(workers, 2), prefetch_buffer_size=max(1, prefetch))
     return iter(grain.MapDataset.source(chunks).map(read).to_iter_dataset(options))
 

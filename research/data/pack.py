@@ -67,11 +67,10 @@ def write(spec, out, image_size: int, resize: str = "direct", interpolation: str
     source = open_source(spec)
     if source.kind == "pack":
         raise UserError(f"{spec} is already a pack; pack the original images instead")
+    splits.check(split_test, split_val, seed)
     seeded = split_test > 0 or split_val > 0
     if seeded and source.split is not None:
         raise UserError(f"{spec} already has train/validation/test folders; drop --split-test/--split-val")
-    if seeded:
-        splits.check(split_test, split_val, seed)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     start = time.perf_counter()
     try:
@@ -102,7 +101,7 @@ def _write_file(tmp: Path, source: Source, size: int, policy, seeded, workers, p
     import h5py
 
     skips = SkipLog()
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", track_order=True) as f:  # attributes list in the order written
         images = f.create_dataset("images", shape=(len(source), size, size, 3), maxshape=(None, size, size, 3),
                                   dtype=np.uint8, chunks=(_images_per_chunk(size), size, size, 3))
         kept = _fill(images, source, size, policy, workers, skips, progress)

@@ -71,7 +71,7 @@ def resize(image, size: int, policy: ResizePolicy) -> np.ndarray:
         out = pil.resize((size, size), resample)
     else:
         out = _center_crop(pil.resize(_shorter_to(pil.size, shorter_side(size)), resample), size)
-    return np.asarray(out, dtype=np.uint8)
+    return np.array(out, dtype=np.uint8)  # a writable copy; asarray of a PIL image is read-only
 
 
 def _shorter_to(wh: tuple[int, int], short: int) -> tuple[int, int]:

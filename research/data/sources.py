@@ -21,12 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from research.data.splits import SPLITS
 from research.errors import UserError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
-SPLITS = ("train", "validation", "test")
 PACK_SUFFIXES = (".h5", ".hdf5")
 PACK_FORMAT = "research.pack"
 

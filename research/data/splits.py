@@ -21,7 +21,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """Index lists into the records split, and `record`: the relative paths per split, for provenance."""
+    """Index lists into the records split, and `record`: the sorted relative paths per split, for provenance."""
 
     train: np.ndarray
     validation: np.ndarray
@@ -60,7 +60,7 @@ def stratified(labels, paths, class_names, test: float = 0.0, validation: float 
     index = {name: np.sort(np.concatenate(chunks or [np.zeros(0, np.int64)])).astype(np.int64)
              for name, chunks in parts.items()}
     record = {"seed": int(seed), "fractions": {"validation": float(validation), "test": float(test)},
-              **{name: [paths[i] for i in index[name]] for name in SPLITS}}
+              **{name: sorted(paths[i] for i in index[name]) for name in SPLITS}}
     return Split(index["train"], index["validation"], index["test"], record)
 
 
@@ -69,7 +69,7 @@ def given(split_ids, paths) -> Split:
     split_ids = np.asarray(split_ids)
     index = {name: np.flatnonzero(split_ids == i).astype(np.int64) for i, name in enumerate(SPLITS)}
     record = {"seed": None, "fractions": "given",
-              **{name: [paths[i] for i in index[name]] for name in SPLITS}}
+              **{name: sorted(paths[i] for i in index[name]) for name in SPLITS}}
     return Split(index["train"], index["validation"], index["test"], record)
 
 

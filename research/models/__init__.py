@@ -65,8 +65,13 @@ class ModelSpec:
 
     @property
     def fixed_input_size(self) -> int | None:
-        """Keras' VGG flattens straight into fc1, so with its top it takes 224 px only; the rest take any size."""
-        return 224 if self.family == "vgg" and self.layout == "keras" and self.include_top else None
+        """224 where a VGG flattens block5_pool straight into a dense layer (Keras' fc1, or a fresh head with no
+        top), since that layer's size is fixed by the spatial size; torchvision pools to 7x7 first. ResNets
+        take any size."""
+        if self.family != "vgg":
+            return None
+        flattens = (self.include_top and self.layout == "keras") or (self.num_classes and not self.include_top)
+        return 224 if flattens else None
 
     def build(self, dtype: Any = jnp.float32):
         if self.family == "resnet":

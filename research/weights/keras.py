@@ -86,6 +86,9 @@ def detect(layers: dict, path) -> ModelSpec:
     num_classes = layers["predictions"][0].shape[-1] if top else 0
     if "post_bn" in names or "conv2_block1_preact_bn" in names:
         raise UserError(f"{path}: a Keras ResNetV2 file; only ResNet v1 (ResNet50/101/152) is supported")
+    if "res2a_branch2a" in names:
+        raise UserError(f"{path}: the 2016 Keras ResNet50 file (res2a_branch2a names, BN epsilon 1e-3, an unpadded "
+                        "max-pool), which differs from keras.applications' current ResNet50; use the current file")
     if "conv1_conv" in names and "conv2_block1_1_conv" in names:
         blocks = sum(bool(re.fullmatch(r"conv4_block\d+_1_conv", n)) for n in names)
         if blocks not in DEPTH_BY_STAGE3_BLOCKS:

@@ -100,19 +100,18 @@ def detect(layers: dict, path) -> ModelSpec:
     raise UserError(f"{path}: not a Keras ResNet50/101/152 or VGG16/19 weight file (layers: {sample}, ...)")
 
 
+# Keras' ResNet layer names (keras.applications.resnet): conv{stage + 1}_block{n}_{k}_conv; _0_ is the shortcut.
+RESNET_NAMES = {
+    "stem_conv": "conv1_conv", "stem_bn": "conv1_bn", "head": "predictions",
+    "block": "conv{group}_block{block}", "conv": "{src}_{k}_conv", "bn": "{src}_{k}_bn",
+    "downsample_conv": "{src}_0_conv", "downsample_bn": "{src}_0_bn",
+}
+KINDS = {"conv": "conv", "bn": "bn", "dense": "dense"}
+
+
 def resnet_names(arch: str) -> dict[str, tuple[str, str]]:
     """Keras layer name -> (param path, kind)."""
-    table = {"conv1_conv": ("stem/conv1", "conv"), "conv1_bn": ("stem/bn1", "bn"),
-             "predictions": ("head/fc", "dense")}
-    for i, blocks in enumerate(resnet.STAGE_SIZES[arch][0], start=1):
-        for j in range(1, blocks + 1):
-            src, dst = f"conv{i + 1}_block{j}", f"stage{i}/block{j}"
-            for k in range(1, 4):
-                table[f"{src}_{k}_conv"] = (f"{dst}/conv{k}", "conv")
-                table[f"{src}_{k}_bn"] = (f"{dst}/bn{k}", "bn")
-            table[f"{src}_0_conv"] = (f"{dst}/downsample/conv", "conv")
-            table[f"{src}_0_bn"] = (f"{dst}/downsample/bn", "bn")
-    return table
+    return mapping.resnet_table(arch, RESNET_NAMES, KINDS)
 
 
 def vgg_names(arch: str) -> dict[str, tuple[str, str]]:

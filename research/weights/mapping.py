@@ -50,6 +50,29 @@ def leaves(kind: str, path: str, tensors, where: str) -> dict:
     return build(path, *tensors)
 
 
+def resnet_table(arch: str, names: dict[str, str], kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """A source's ResNet layer names -> (param path, kind), from that source's naming templates.
+
+    `names` holds format strings: `stem_conv`, `stem_bn`, `head`, `block` (given the 1-based `stage` and
+    `block`, the 0-based `index`, and `group` = stage + 1 for sources that count the stem as group 1), and `conv`, `bn`, `downsample_conv`, `downsample_bn` (given the block's
+    source name `src` and the conv number `k`). `kinds` names the source's kind for `conv`, `bn` and `dense`.
+    """
+    from research.models import resnet
+
+    table = {names["stem_conv"]: ("stem/conv1", kinds["conv"]), names["stem_bn"]: ("stem/bn1", kinds["bn"]),
+             names["head"]: ("head/fc", kinds["dense"])}
+    for stage, blocks in enumerate(resnet.STAGE_SIZES[arch][0], start=1):
+        for index in range(blocks):
+            src = names["block"].format(stage=stage, group=stage + 1, block=index + 1, index=index)
+            dst = f"stage{stage}/block{index + 1}"
+            for k in range(1, 4):
+                table[names["conv"].format(src=src, k=k)] = (f"{dst}/conv{k}", kinds["conv"])
+                table[names["bn"].format(src=src, k=k)] = (f"{dst}/bn{k}", kinds["bn"])
+            table[names["downsample_conv"].format(src=src)] = (f"{dst}/downsample/conv", kinds["conv"])
+            table[names["downsample_bn"].format(src=src)] = (f"{dst}/downsample/bn", kinds["bn"])
+    return table
+
+
 def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
     """Reorders the rows of a dense kernel (in, out) that was trained on an NCHW flatten, for an NHWC one."""
     n_in, n_out = kernel.shape

@@ -39,18 +39,18 @@ def _relayout(kind: str, suffix: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
+# torchvision's ResNet module names: layer{stage}.{index}.conv{k}; downsample.0/1 is the shortcut.
+RESNET_NAMES = {
+    "stem_conv": "conv1", "stem_bn": "bn1", "head": "fc",
+    "block": "layer{stage}.{index}", "conv": "{src}.conv{k}", "bn": "{src}.bn{k}",
+    "downsample_conv": "{src}.downsample.0", "downsample_bn": "{src}.downsample.1",
+}
+RESNET_KINDS = {"conv": "conv", "bn": "bn", "dense": "linear"}
+
+
 def resnet_names(arch: str) -> dict[str, tuple[str, str]]:
     """torch module name -> (param path, kind)."""
-    table = {"conv1": ("stem/conv1", "conv"), "bn1": ("stem/bn1", "bn"), "fc": ("head/fc", "linear")}
-    for i, blocks in enumerate(resnet.STAGE_SIZES[arch][0], start=1):
-        for j in range(blocks):
-            src, dst = f"layer{i}.{j}", f"stage{i}/block{j + 1}"
-            for k in range(1, 4):
-                table[f"{src}.conv{k}"] = (f"{dst}/conv{k}", "conv")
-                table[f"{src}.bn{k}"] = (f"{dst}/bn{k}", "bn")
-            table[f"{src}.downsample.0"] = (f"{dst}/downsample/conv", "conv")
-            table[f"{src}.downsample.1"] = (f"{dst}/downsample/bn", "bn")
-    return table
+    return mapping.resnet_table(arch, RESNET_NAMES, RESNET_KINDS)
 
 
 def vgg_names(arch: str) -> dict[str, tuple[str, str]]:

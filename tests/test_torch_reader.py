@@ -123,6 +123,31 @@ def test_new_dtype_via_untyped_storage(tmp_path):
     assert ours["u"].tolist() == [60000, 3, 4]
 
 
+def test_big_endian_zip(tmp_path):
+    torch = pytest.importorskip("torch")
+    sd = {
+        "f": torch.randn(3, 4).t(),
+        "h": torch.randn(5).half(),
+        "n": torch.tensor(-7),
+        "b": torch.randn(2).bfloat16(),
+    }
+    path = _save(torch, sd, tmp_path / "le.pth", "zip")
+    swapped = tmp_path / "be.pth"
+    sizes = {"0": 4, "1": 2, "2": 8, "3": 2}  # storages are numbered in pickling order
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(swapped, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            folder, _, leaf = info.filename.rpartition("/")
+            if info.filename.endswith("/byteorder"):
+                data = b"big"
+            elif folder.endswith("/data"):
+                data = np.frombuffer(data, f"<u{sizes[leaf]}").byteswap().tobytes()
+            dst.writestr(info, data)
+    ours = read_state_dict(swapped)
+    _assert_same(ours, sd, torch)
+    assert all(v.dtype.isnative for v in ours.values())
+
+
 def test_truncated_legacy_file(tmp_path):
     torch = pytest.importorskip("torch")
     path = _save(torch, {"w": torch.ones(100)}, tmp_path / "l.pth", "legacy")
@@ -193,6 +218,18 @@ def test_refuses_os_system_after_legacy_header(tmp_path):
 def test_bad_bytes(tmp_path, content, match):
     path = tmp_path / "bad.pth"
     path.write_bytes(content)
+    with pytest.raises(UserError, match=match):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("body, match", [
+    (b"\x96" + (10**6).to_bytes(8, "little") + b"abc", "(?i)bytearray8"),  # forged buffer length
+    (b"}r" + (10**6).to_bytes(4, "little") + b".", "memo index"),  # forged memo slot
+])
+def test_forged_pickle_fields(tmp_path, body, match):
+    path = tmp_path / "forged.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + body)
     with pytest.raises(UserError, match=match):
         read_state_dict(path)
 

@@ -3,6 +3,8 @@
 Why not `torch.load`: torch is a multi-gigabyte dependency needed only for this one file format, and
 pickle will call anything a file names. Here the unpickler resolves an allow-list of globals only, each
 mapped to a small local stand-in, so a checkpoint can describe dicts and tensors but cannot run code.
+Each pickle's opcodes are walked once before unpickling, because CPython's C unpickler trusts forged
+lengths and memo indices far enough to allocate gigabytes.
 
 Two layouts are read:
 
@@ -27,6 +29,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -155,7 +158,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
     """Newer dtypes (uint16...) pair an untyped byte storage with an explicit dtype."""
     _refuse_metadata(metadata)
     return _tensor_ref(storage, dtype, storage_offset, size, stride)
@@ -210,10 +215,57 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _unpickle(file: BinaryIO, name: str, resolve_storage: Callable[[Any], _StorageRef] | None = None) -> Any:
+class _Bounded:
+    """A file view that never reads past `end`, so a forged length cannot demand a huge read."""
+
+    def __init__(self, file: BinaryIO, end: int):
+        self._file = file
+        self._end = end
+
+    def _left(self, n: int | None) -> int:
+        left = max(self._end - self._file.tell(), 0)
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._file.read(self._left(n))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        return self._file.readline(self._left(n))
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+# Buffer opcodes have no use in a state_dict, and a forged bytearray8 length trips CPython's C unpickler.
+_REFUSED_OPCODES = {"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+
+
+def _take_pickle(file: BinaryIO, end: int, name: str) -> bytes:
+    """Cut the next pickle out of `file` after walking its opcodes without executing any.
+
+    CPython's C unpickler trusts lengths and memo indices: a forged one makes it allocate and touch
+    gigabytes. Checking them here first turns such files into one-line errors.
+    """
+    start = file.tell()
+    try:
+        for count, (op, arg, _pos) in enumerate(pickletools.genops(_Bounded(file, end)), start=1):
+            if op.name in _REFUSED_OPCODES:
+                raise _Malformed(f"refusing pickle opcode {op.name} (only tensors and dicts are allowed)")
+            if op.name in ("PUT", "LONG_BINPUT") and arg > count:
+                raise _Malformed(f"implausible pickle memo index {arg}")
+    except _Malformed as err:
+        raise UserError(f"{name}: {err}") from None
+    except Exception as err:  # genops reports truncation and garbage as ValueError and friends
+        raise UserError(f"{name}: corrupt or truncated pickle data ({_one_line(err)})") from None
+    stop = file.tell()
+    file.seek(start)
+    return file.read(stop - start)
+
+
+def _unpickle(data: bytes, name: str, resolve_storage: Callable[[Any], _StorageRef] | None = None) -> Any:
     """Untrusted bytes can make pickle fail in any way it likes; all of them mean a bad file."""
     try:
-        return _SafeUnpickler(file, name, resolve_storage).load()
+        return _SafeUnpickler(io.BytesIO(data), name, resolve_storage).load()
     except UserError:
         raise
     except _Malformed as err:
@@ -316,7 +368,8 @@ def _read_zip(path: Path, name: str) -> dict[str, np.ndarray]:
         prefix = _zip_prefix(zf, name)
         byteorder = _zip_byteorder(zf, prefix, name)
         pickled = _zip_record(zf, prefix + "data.pkl", name)
-        obj = _unpickle(io.BytesIO(pickled), name, lambda pid: _storage_from_pid(pid, legacy=False))
+        pickled = _take_pickle(io.BytesIO(pickled), len(pickled), name)
+        obj = _unpickle(pickled, name, lambda pid: _storage_from_pid(pid, legacy=False))
         tensors = _select_state_dict(obj, name)
         blobs: dict[str, bytes] = {}
         out = {}
@@ -340,12 +393,17 @@ def _zip_record(zf: zipfile.ZipFile, record: str, name: str, required: bool = Tr
 
 def _read_legacy(path: Path, name: str) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
-        if _unpickle(f, name) != _LEGACY_MAGIC:
+        size = os.fstat(f.fileno()).st_size
+
+        def next_pickle(resolve: Callable[[Any], _StorageRef] | None = None) -> Any:
+            return _unpickle(_take_pickle(f, size, name), name, resolve)
+
+        if next_pickle() != _LEGACY_MAGIC:
             raise UserError(f"{name}: not a PyTorch checkpoint (a pickle without torch's magic number)")
-        version = _unpickle(f, name)
+        version = next_pickle()
         if version != _LEGACY_PROTOCOL:
             raise UserError(f"{name}: unsupported legacy torch protocol version {version!r}")
-        _unpickle(f, name)  # sys info: legacy storages are always written little-endian
+        next_pickle()  # sys info: legacy storages are always written little-endian
 
         root_dtypes: dict[str, _DType] = {}
 
@@ -354,9 +412,8 @@ def _read_legacy(path: Path, name: str) -> dict[str, np.ndarray]:
             root_dtypes.setdefault(ref.key, ref.dtype)
             return ref
 
-        tensors = _select_state_dict(_unpickle(f, name, resolve), name)
-        size = os.fstat(f.fileno()).st_size
-        keys = _unpickle(f, name)
+        tensors = _select_state_dict(next_pickle(resolve), name)
+        keys = next_pickle()
         if not isinstance(keys, list):
             raise UserError(f"{name}: corrupt storage key list")
         needed = {t.storage.key for t in tensors.values()}

@@ -25,10 +25,23 @@ def conv_partial(dtype: Any, use_bias: bool):
     return functools.partial(nn.Conv, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32)
 
 
-def norm_partial(dtype: Any, train: bool, epsilon: float, momentum: float):
-    return functools.partial(
-        nn.BatchNorm, use_running_average=not train, epsilon=epsilon, momentum=momentum,
-        dtype=dtype, param_dtype=jnp.float32)
+class BatchNorm(nn.BatchNorm):
+    """BatchNorm that stays in inference mode, on its running statistics, where its path is frozen.
+
+    A frozen layer must not normalise with batch statistics or update its running ones while the rest of the
+    model trains (Keras' `trainable = False` behaviour); `frozen` holds such layers' paths, e.g. "stem/bn1".
+    """
+    train: bool = False
+    frozen: frozenset = frozenset()
+
+    def __call__(self, x):
+        inference = not self.train or "/".join(self.path) in self.frozen
+        return super().__call__(x, use_running_average=inference)
+
+
+def norm_partial(dtype: Any, train: bool, epsilon: float, momentum: float, frozen: frozenset = frozenset()):
+    return functools.partial(BatchNorm, train=train, frozen=frozen, epsilon=epsilon, momentum=momentum,
+                             dtype=dtype, param_dtype=jnp.float32)
 
 
 def pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:

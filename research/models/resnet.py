@@ -89,12 +89,13 @@ class ResNet(nn.Module):
     layout: str = "torchvision"
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    frozen_bn: frozenset = frozenset()  # BatchNorm paths kept in inference mode when training
 
     @nn.compact
     def __call__(self, x, train: bool = False, taps: Sequence[str] = ("logits",)):
         bn = layers.BN_SETTINGS[self.layout]
         conv = layers.conv_partial(self.dtype, use_bias=self.layout == "keras")
-        norm = layers.norm_partial(self.dtype, train, **bn)
+        norm = layers.norm_partial(self.dtype, train, **bn, frozen=self.frozen_bn)
         got = layers.TapCollector(taps)
 
         x = Stem(conv, norm, name="stem")(x.astype(self.dtype))

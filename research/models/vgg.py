@@ -37,11 +37,12 @@ class VGG(nn.Module):
     include_top: bool = True
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    frozen_bn: frozenset = frozenset()  # BatchNorm paths kept in inference mode when training
 
     @nn.compact
     def __call__(self, x, train: bool = False, taps: Sequence[str] = ("logits",)):
         conv = layers.conv_partial(self.dtype, use_bias=True)
-        norm = layers.norm_partial(self.dtype, train, **layers.BN_SETTINGS[self.layout])
+        norm = layers.norm_partial(self.dtype, train, **layers.BN_SETTINGS[self.layout], frozen=self.frozen_bn)
         got = layers.TapCollector(taps)
         x = x.astype(self.dtype)
         for b, (depth, width) in enumerate(zip(self.block_depths, WIDTHS), start=1):

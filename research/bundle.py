@@ -18,7 +18,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 @functools.lru_cache(maxsize=64)
-def _forward(spec: ModelSpec, taps: tuple[str, ...], dtype: str, preprocessing: str):
+def forward_fn(spec: ModelSpec, taps: tuple[str, ...], dtype: str, preprocessing: str):
     """One jitted forward per (spec, taps, dtype, preprocessing); jax caches it per input shape."""
     model = spec.build(DTYPES[dtype])
 
@@ -53,16 +53,16 @@ class Bundle:
         The weights' own preprocessing is applied; the forward stops at the deepest tap asked for.
         """
         taps = self.spec.check_taps([taps] if isinstance(taps, str) else taps)
-        images = self._check_images(images)
+        images = self.check_images(images)
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-        return _forward(self.spec, taps, dtype, self.preprocessing)(self._device_variables, images)
+        return forward_fn(self.spec, taps, dtype, self.preprocessing)(self._device_variables, images)
 
     @functools.cached_property
     def _device_variables(self):
         return jax.device_put(self.variables)
 
-    def _check_images(self, images):
+    def check_images(self, images):
         if not isinstance(images, jax.Array):
             images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:

@@ -36,6 +36,91 @@ def cmd_pack(args) -> None:
     print(result.summary())
 
 
+def cmd_features(args) -> None:
+    from research.features import dump
+
+    result = dump(args.weights, args.data, args.tap, args.out, pool=args.pool, image_size=args.image_size,
+                  resize=args.resize, batch_size=args.batch_size, buffer_size=args.buffer_size, split=args.split,
+                  dtype=args.dtype, overwrite=args.overwrite, workers=args.workers)
+    print(result.summary())
+
+
+def add_features_parser(sub) -> None:
+    p = sub.add_parser("features", help="dump a dataset's features at chosen taps to a resumable HDF5 file")
+    p.add_argument("--weights", required=True, help="a weight file or converted checkpoint (as research.load)")
+    p.add_argument("--data", required=True, help="a dataset spec: a class-folder tree, a split tree, or a pack")
+    p.add_argument("--tap", action="append", required=True, help="a tap to dump; repeat for several in one pass")
+    p.add_argument("--pool", default="avg", choices=["avg", "max", "flatten"],
+                   help="how spatial taps become vectors (flatten is NHWC order, as Keras)")
+    p.add_argument("--image-size", type=int, help="the side N of the model input (default 224; a pack's own)")
+    p.add_argument("--resize", choices=["direct", "shorter_center_crop"],
+                   help="default: shorter_center_crop for torch-preprocessed weights, direct for caffe")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--buffer-size", type=int, default=1000, help="rows flushed to disk at least this often")
+    p.add_argument("--split", choices=["train", "validation", "test"], help="one given split (default: all)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="the stored dtype")
+    p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
+    p.add_argument("--out", required=True, help="the .h5 file to write (OUT.partial until complete)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT, or restart a partial one")
+    p.set_defaults(func=cmd_features)
+
+
+def cmd_probe(args) -> None:
+    from research import probe
+
+    probe.run(args.feats, test=args.test, test_size=args.test_size, seed=args.seed, method=args.method,
+              standardize=args.standardize, out=args.out, overwrite=args.overwrite, echo=print)
+
+
+def add_probe_parser(sub) -> None:
+    p = sub.add_parser("probe", help="fit a linear probe on a feature file (every tap of a multi-tap file)")
+    p.add_argument("feats", help="the feature file (.h5) to train on")
+    test = p.add_mutually_exclusive_group()
+    test.add_argument("--test", help="a second feature file to test on (same label_names)")
+    test.add_argument("--test-size", type=float, default=0.25,
+                      help="fraction of each class held out for test when --test is not given (default 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the splits and the folds")
+    p.add_argument("--method", default="logreg", choices=["logreg", "lbfgs"],
+                   help="logreg: scikit-learn with grid-searched C; lbfgs: JAX L-BFGS over 45 L2 strengths")
+    p.add_argument("--standardize", action="store_true", help="standardise features with train statistics")
+    p.add_argument("--out", help="the result JSON (default: FEATS with .probe.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_augment_preview(args) -> None:
+    from research.data import preview
+    from research.data.augment import AugmentConfig
+
+    cfg = AugmentConfig(flip=args.flip, rotation=args.rotation, shift=args.shift, shear=args.shear, zoom=args.zoom,
+                        crop_scale=tuple(args.crop_scale) if args.crop_scale else None,
+                        crop_ratio=tuple(args.crop_ratio), fill=args.fill)
+    out = preview.write(args.data, args.out, cfg, seed=args.seed, n=args.n, k=args.k, image_size=args.image_size,
+                        overwrite=args.overwrite)
+    print(f"{args.n} images x (original + {args.k} augmentations) -> {out}")
+
+
+def add_augment_preview_parser(sub) -> None:
+    p = sub.add_parser("augment-preview", help="a PNG grid of images and random augmentations of them")
+    p.add_argument("data", help="a dataset spec: a class-folder tree, a split tree, a pack, or tfds:NAME")
+    p.add_argument("--out", required=True, help="the .png file to write")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the augmentations")
+    p.add_argument("--n", type=int, default=8, help="images (rows)")
+    p.add_argument("--k", type=int, default=5, help="augmentations per image (columns after the original)")
+    p.add_argument("--image-size", type=int, default=160, help="the side N of each cell (a pack keeps its own)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flip")
+    p.add_argument("--rotation", type=float, default=40.0, help="degrees, uniform in [-R, R]")
+    p.add_argument("--shift", type=float, default=0.2, help="fraction of width/height, uniform in [-S, S]")
+    p.add_argument("--shear", type=float, default=0.2, help="degrees, as Keras' shear_range")
+    p.add_argument("--zoom", type=float, default=0.2, help="factors in [1-Z, 1+Z]; above 1 zooms out (Keras)")
+    p.add_argument("--crop-scale", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="random-resized-crop area fractions, as torchvision (off unless given)")
+    p.add_argument("--crop-ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("LO", "HI"))
+    p.add_argument("--fill", default="nearest", choices=["nearest", "constant"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_augment_preview)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=cmd_pack)
+    add_features_parser(sub)
+    add_probe_parser(sub)
+    add_augment_preview_parser(sub)
     return parser
 
 

@@ -1,0 +1,396 @@
+"""`research features`: one forward pass over a dataset, features at chosen taps into one resumable HDF5 file.
+
+Why it is built this way:
+- **Resumable.** Rows go to `OUT.partial`; after each flushed buffer a `progress` attribute is updated and the
+  file flushed, so a killed run (SIGKILL included) resumes from the last flush. Flushes fall on batch
+  boundaries, so a resumed run feeds the model exactly the batches an uninterrupted one would, and the
+  `features` matrix comes out byte-identical. The partial holds a hash of everything that defines its content
+  (weights, taps, pooling, size, resize, listing, split, dtype, batch size, device count); a resume with other
+  arguments is refused. The file is renamed to OUT only once `complete` is set.
+- **On device.** Pooling and the storage dtype cast happen inside the jitted forward; the batch is sharded over
+  the local devices on a 1-D mesh (the last batch padded to a multiple of the device count, padding dropped).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.data import loader
+from research.data.decode import SkipLog
+from research.data.resize import ResizePolicy
+from research.data.resize import policy as make_policy
+from research.data.splits import given as given_split
+from research.errors import UserError
+from research.features import hdf5
+
+log = logging.getLogger(__name__)
+
+POOLS = ("avg", "max", "flatten")
+STORE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
+DEFAULT_RESIZE = {"torch": "shorter_center_crop", "caffe": "direct"}  # torchvision eval crop; Keras target_size
+DEFAULT_IMAGE_SIZE = 224
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclasses.dataclass
+class DumpResult:
+    out: Path
+    count: int
+    dims: dict
+    skipped: int
+    resumed_from: int
+    seconds: float
+
+    def summary(self) -> str:
+        """The line `research features` prints."""
+        dims = ", ".join(f"{t} {d}" for t, d in self.dims.items())
+        resumed = f"; resumed at row {self.resumed_from}" if self.resumed_from else ""
+        rate = (self.count - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
+        return (f"wrote {self.count} rows ({dims}); {self.skipped} skipped{resumed}; {rate:.0f} img/s "
+                f"-> {self.out}")
+
+
+@dataclasses.dataclass
+class Plan:
+    """What to compute: the records in load order and how their pixels are made."""
+
+    order: np.ndarray
+    image_size: int
+    policy: ResizePolicy
+    policy_arg: object  # what the loader is asked for (None: a pack's stored policy)
+    split: str
+    split_record: dict | None
+    shard: list | None = None  # [i, n] for one process's block
+
+
+def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = None, resize: str | None = None,
+         batch_size: int = 64, buffer_size: int = 1000, split: str | None = None, dtype: str = "float32",
+         overwrite: bool = False, workers: int | None = None, progress: bool | None = None,
+         shard: tuple[int, int] | None = None) -> DumpResult:
+    """Features of `data` (a `research.data.open` spec) at `taps` of `weights` (anything `research.load` takes,
+    or a Bundle) into the HDF5 file `out`; see the module docstring. `progress` None: a bar on a terminal.
+
+    `shard=(i, n)` (one process of n) dumps only the i-th contiguous block of the records; `hdf5.stitch` joins
+    the n shard files into one whose `features` is a virtual dataset over them."""
+    import research
+    from research import data as datasets
+
+    out = _check_out(Path(out), overwrite)
+    _check_numbers(pool, dtype, batch_size, buffer_size)
+    bundle = weights if isinstance(weights, research.Bundle) else research.load(weights)
+    taps = bundle.spec.check_taps([taps] if isinstance(taps, str) else taps)
+    source = datasets.open(data)
+    plan = _shard(_plan(bundle, source, image_size, resize, split), shard)
+    bundle.check_images(np.zeros((1, plan.image_size, plan.image_size, 3), np.uint8))
+    devices = Devices()
+    run = Runner(bundle, taps, pool, dtype, devices)
+    pooling = {t: pool if len(s) == 4 else "none" for t, s in run.shapes(plan.image_size, pooled=False).items()}
+    attrs = _provenance(bundle, source, taps, pooling, pool, plan, dtype, batch_size, devices.count)
+    partial = partial_path(out)
+    start = time.perf_counter()
+    with _open_partial(partial, attrs, overwrite) as f:
+        state = _prepare(f, run, plan, source, taps, attrs, pooling, dtype)
+        _fill(f, state, run, source, plan, batch_size, buffer_size, workers, progress)
+        _finish(f, state, source.spec)
+    os.replace(partial, out)
+    dims = {t: int(s[1]) for t, s in run.shapes(plan.image_size).items()}
+    return DumpResult(out, state.rows, dims, len(state.skips), state.resumed_from, time.perf_counter() - start)
+
+
+def partial_path(out) -> Path:
+    """Where `out` is written until it is complete."""
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent} is not a folder")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
+def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int) -> None:
+    if pool not in POOLS:
+        raise UserError(f"unknown pooling {pool!r}; known: {', '.join(POOLS)}")
+    if dtype not in STORE_DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(STORE_DTYPES)}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    if buffer_size < batch_size:
+        raise UserError(f"--buffer-size ({buffer_size}) must be at least --batch-size ({batch_size}), since "
+                        f"rows are flushed a whole batch at a time")
+
+
+def _plan(bundle, source, image_size, resize, split) -> Plan:
+    """The records and pixels: a pack keeps its stored size and policy; folders default by preprocessing."""
+    order, split_name, record = _select(source, split)
+    if source.kind == "pack":
+        stored = make_policy(source.attrs["resize"], source.attrs["interpolation"])
+        return Plan(order, int(image_size or source.attrs["image_size"]), stored, resize, split_name, record)
+    size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
+    if not 1 <= size <= 4096:
+        raise UserError(f"--image-size must be in [1, 4096], got {size}")
+    chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"))
+    return Plan(order, size, chosen, chosen, split_name, record)
+
+
+def _shard(plan: Plan, shard) -> Plan:
+    """The i-th of n contiguous blocks of the plan's records; contiguous so that shard files stack in order."""
+    if shard is None:
+        return plan
+    i, n = (int(x) for x in shard)
+    if not 0 <= i < n:
+        raise UserError(f"shard {i} is not in [0, {n})")
+    return dataclasses.replace(plan, order=np.array_split(plan.order, n)[i], shard=[i, n])
+
+
+def _select(source, split):
+    """(record indices, split name, split record); every record when no split is asked for."""
+    if split is None:
+        return np.arange(len(source), dtype=np.int64), "all", None
+    if source.split is None:
+        raise UserError(f"{source.spec} has no train/validation/test splits; use split folders, or a pack made "
+                        f"with --split-test/--split-val, or drop --split")
+    chosen = given_split(source.split, source.paths)
+    order = chosen.indices(split)
+    if not len(order):
+        raise UserError(f"{source.spec} has no {split} records")
+    return order, split, {split: chosen.record[split], "seed": chosen.record["seed"]}
+
+
+class Devices:
+    """The local devices as a 1-D data mesh: batches split along it, weights replicated."""
+
+    def __init__(self):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        devices = jax.local_devices()
+        mesh = Mesh(np.array(devices), ("data",))
+        self.count = len(devices)
+        self.batch = NamedSharding(mesh, PartitionSpec("data"))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(self, images: np.ndarray):
+        """Pads to a multiple of the device count and shards; returns (array, real rows)."""
+        n = len(images)
+        pad = -n % self.count
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        return jax.device_put(images, self.batch), n
+
+
+def pool_tap(value, pool: str):
+    """Spatial (NHWC) taps pooled over H, W or flattened in NHWC order (as Keras' Flatten); vectors as they are."""
+    if value.ndim == 2:
+        return value
+    if pool == "flatten":
+        return value.reshape(value.shape[0], -1)
+    return value.mean(axis=(1, 2)) if pool == "avg" else value.max(axis=(1, 2))
+
+
+@functools.lru_cache(maxsize=32)
+def _pooled_forward(spec, taps, preprocessing, pool, dtype):
+    """The bundle's forward with pooling and the storage cast fused in; one per (spec, taps, pool, dtype)."""
+    from research.bundle import forward_fn
+
+    forward = forward_fn(spec, taps, "float32", preprocessing)
+
+    @jax.jit
+    def run(variables, images):
+        return {t: pool_tap(v, pool).astype(STORE_DTYPES[dtype]) for t, v in forward(variables, images).items()}
+
+    return forward, run
+
+
+class Runner:
+    """uint8 batches -> {tap: numpy (B, D)}, sharded over `devices`."""
+
+    def __init__(self, bundle, taps, pool, dtype, devices: Devices):
+        self.raw, self.fn = _pooled_forward(bundle.spec, taps, bundle.preprocessing, pool, dtype)
+        self.devices = devices
+        self.variables = jax.device_put(bundle.variables, devices.replicated)
+
+    def __call__(self, images: np.ndarray) -> dict:
+        array, n = self.devices.put(images)
+        return {t: np.asarray(v)[:n] for t, v in self.fn(self.variables, array).items()}
+
+    def shapes(self, size: int, pooled: bool = True) -> dict:
+        """{tap: output shape} for a batch of one, pooled or as the model gives it; nothing is computed."""
+        probe = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
+        fn = self.fn if pooled else self.raw
+        return {t: s.shape for t, s in jax.eval_shape(fn, self.variables, probe).items()}
+
+
+def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_size, device_count) -> dict:
+    """The root attributes; `args_hash` covers exactly what decides the bytes of the features."""
+    from research import __version__
+
+    weights = bundle.meta.get("source", {})
+    listing = hashlib.sha256(json.dumps([source.class_names, [source.paths[i] for i in plan.order],
+                                         source.labels[plan.order].tolist()]).encode()).hexdigest()
+    content = {"model": bundle.spec.to_dict(), "weights_sha256": weights.get("sha256"), "taps": list(taps),
+               "pooling": pooling, "preprocessing": bundle.preprocessing,
+               "resize_policy": plan.policy.record(plan.image_size), "listing_sha256": listing,
+               "split": plan.split, "shard": plan.shard, "dtype": dtype, "batch_size": batch_size,
+               "device_count": device_count, "format_version": hdf5.FORMAT_VERSION}
+    args_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {"format": hdf5.FORMAT, "format_version": hdf5.FORMAT_VERSION, "arch": bundle.spec.arch,
+            "layout": bundle.spec.layout, "model": bundle.spec.to_dict(), "weights_sha256": weights.get("sha256"),
+            "weights_file": weights.get("file"), "taps": list(taps),
+            **({"tap": taps[0], "pooling": pooling[taps[0]]} if len(taps) == 1 else {"pooling": pool}),
+            "preprocessing": bundle.preprocessing, "image_size": plan.image_size, "resize": plan.policy.method,
+            "interpolation": plan.policy.interpolation, "resize_policy": plan.policy.record(plan.image_size),
+            "dataset_spec": source.spec, "listing_sha256": listing, "split": plan.split,
+            "split_record": plan.split_record, "shard": plan.shard, "research_version": __version__,
+            "dtype": dtype, "batch_size": batch_size, "device_count": device_count, hdf5.ARGS_HASH: args_hash}
+
+
+@dataclasses.dataclass
+class State:
+    """Where the writing stands: rows flushed, the next position in the plan's order, files skipped."""
+
+    rows: int
+    position: int
+    resumed_from: int
+    skips: dict  # relative path -> reason
+    names: dict  # tap -> dataset name
+
+
+@contextlib.contextmanager
+def _open_partial(partial: Path, attrs: dict, overwrite: bool):
+    """The partial file: continued when it was started with the same arguments, else written afresh."""
+    import h5py
+
+    mode = "w"
+    if partial.exists() and not overwrite:
+        found = _started_hash(partial)
+        if found is not None and found != attrs[hdf5.ARGS_HASH]:
+            raise UserError(f"{partial} was started with other arguments; delete it, or pass --overwrite to "
+                            f"start again")
+        if found is None:
+            log.warning("%s holds nothing to resume from; starting again", partial)
+        mode = "w" if found is None else "r+"
+    try:
+        f = h5py.File(partial, mode, track_order=True) if mode == "w" else h5py.File(partial, mode)
+    except OSError as e:
+        raise UserError(f"cannot write {partial} (is another run writing it?): {str(e).splitlines()[0]}") from e
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _started_hash(partial: Path) -> str | None:
+    """The arguments hash of a partial that got as far as its first progress mark, else None."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r") as f:
+            if hdf5.PROGRESS not in f.attrs:
+                return None
+            return hdf5.attributes(f).get(hdf5.ARGS_HASH)
+    except OSError:
+        return None
+
+
+def _prepare(f, run: Runner, plan: Plan, source, taps, attrs: dict, pooling: dict, dtype: str) -> State:
+    """A resumed partial's state, or a fresh file's datasets and attributes."""
+    names = {t: hdf5.features_name(t, taps) for t in taps}
+    if hdf5.PROGRESS in f.attrs:
+        rows = int(f.attrs[hdf5.PROGRESS])
+        position = int(np.flatnonzero(plan.order == f[hdf5.INDEX][rows - 1])[0]) + 1 if rows else 0
+        skips = {s["path"]: s["reason"] for s in hdf5.attributes(f)["skipped"]}
+        return State(rows, position, rows, skips, names)
+    _create(f, run, plan, source, taps, pooling, dtype)
+    hdf5.write_attrs(f, {**attrs, "skipped_count": 0, "skipped": [], hdf5.PROGRESS: 0})
+    f.flush()
+    return State(0, 0, 0, {}, names)
+
+
+def _create(f, run: Runner, plan: Plan, source, taps, pooling: dict, dtype: str) -> None:
+    """Chunked datasets sized for every record; shrunk to the rows kept when complete."""
+    import h5py
+
+    n = len(plan.order)
+    itemsize = np.dtype(dtype).itemsize
+    for tap, shape in run.shapes(plan.image_size).items():
+        width = int(shape[1])
+        f.create_dataset(hdf5.features_name(tap, taps), shape=(n, width), maxshape=(None, width), dtype=dtype,
+                         chunks=(min(n, hdf5.chunk_rows(width, itemsize)), width))
+        if len(taps) > 1:
+            hdf5.write_attrs(f[tap], {"tap": tap, "pooling": pooling[tap]})
+    text = h5py.string_dtype("utf-8")
+    for name, kind in ((hdf5.LABELS, np.int32), (hdf5.INDEX, np.int64), (hdf5.PATHS, text)):
+        f.create_dataset(name, shape=(n,), maxshape=(None,), dtype=kind, chunks=(min(n, 4096),))
+    f.create_dataset(hdf5.LABEL_NAMES, data=np.array(source.class_names, dtype=object), dtype=text)
+
+
+def _fill(f, state: State, run: Runner, source, plan: Plan, batch_size: int, buffer_size: int, workers,
+          progress) -> None:
+    """Forward every remaining record, flushing whenever another batch would overfill the buffer."""
+    from tqdm import tqdm
+
+    skips = SkipLog()
+    stream = loader.batches(source, plan.order[state.position:], batch_size, plan.image_size, plan.policy_arg,
+                            workers=workers, skips=skips)
+    pending = []
+    with tqdm(total=len(plan.order), initial=state.position, unit="img", desc="features", dynamic_ncols=True,
+              disable=None if progress is None else not progress) as bar:
+        for batch in stream:
+            pending.append((batch, run(batch["images"])))
+            if sum(len(b["index"]) for b, _ in pending) + batch_size > buffer_size:
+                _flush(f, state, pending, source, skips)
+                pending = []
+            bar.update(len(batch["index"]))
+        _flush(f, state, pending, source, skips)
+        bar.update(len(plan.order) - bar.n)
+
+
+def _flush(f, state: State, pending: list, source, skips: SkipLog) -> None:
+    """Rows first, then the progress mark, each followed by a flush, so progress never runs ahead of rows."""
+    if not pending:
+        return
+    index = np.concatenate([b["index"] for b, _ in pending])
+    lo, hi = state.rows, state.rows + len(index)
+    for tap, name in state.names.items():
+        f[name][lo:hi] = np.concatenate([out[tap] for _, out in pending])
+    f[hdf5.LABELS][lo:hi] = np.concatenate([b["labels"] for b, _ in pending])
+    f[hdf5.INDEX][lo:hi] = index
+    f[hdf5.PATHS][lo:hi] = np.array([source.paths[i] for i in index], dtype=object)
+    f.flush()
+    state.skips.update(skips.items())
+    state.rows = hi
+    hdf5.write_attrs(f, {**_skip_attrs(state), hdf5.PROGRESS: hi})
+    f.flush()
+
+
+def _skip_attrs(state: State) -> dict:
+    return {"skipped_count": len(state.skips),
+            "skipped": [{"path": p, "reason": r} for p, r in sorted(state.skips.items())]}
+
+
+def _finish(f, state: State, skips_source: str) -> None:
+    """Shrinks the datasets to the rows kept, then marks the file complete: the last thing written."""
+    if not state.rows:
+        raise UserError(f"{skips_source}: none of its images could be read")
+    for name in (*state.names.values(), hdf5.LABELS, hdf5.INDEX, hdf5.PATHS):
+        f[name].resize(state.rows, axis=0)
+    hdf5.write_attrs(f, _skip_attrs(state))
+    f.flush()
+    f.attrs[hdf5.COMPLETE] = True
+    f.flush()

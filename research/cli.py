@@ -5,6 +5,7 @@ Bad input ends in `error: <one line>` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from research.errors import UserError
@@ -121,6 +122,24 @@ def add_augment_preview_parser(sub) -> None:
     p.set_defaults(func=cmd_augment_preview)
 
 
+def cmd_finetune(args) -> None:
+    from research import train
+
+    config = train.load_config(args.config, args.overrides)
+    summary = train.finetune(config, args.workdir, dry_run=args.dry_run)
+    if summary and "test" in summary:
+        print(f"test accuracy {summary['test']['accuracy']:.4f}; summary in {args.workdir}/summary.json")
+
+
+def add_finetune_parser(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model on a dataset from a config, resumably",
+                       epilog="Override any config field with --config.FIELD=VALUE (e.g. --config.optimizer.name=sgd).")
+    p.add_argument("--config", required=True, help="a config file (configs/*.py) with get_config()")
+    p.add_argument("--workdir", required=True, help="where checkpoints and results go; rerun to resume")
+    p.add_argument("--dry-run", action="store_true", help="print the param table (path, shape, rule) and stop")
+    p.set_defaults(func=cmd_finetune, overrides=[])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,12 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pack)
     add_features_parser(sub)
     add_probe_parser(sub)
+    add_finetune_parser(sub)
     add_augment_preview_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "finetune":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
     try:
         args.func(args)
     except UserError as e:

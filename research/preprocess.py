@@ -16,6 +16,7 @@ TORCH_STD = (0.229, 0.224, 0.225)
 DESCRIPTIONS = {
     "caffe": "RGB->BGR, minus BGR mean (103.939, 116.779, 123.68), no scaling",
     "torch": "RGB/255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)",
+    "tflite": "RGB, minus 127, divided by 128 (TF-Lite's EfficientNet-Lite convention)",
 }
 
 
@@ -30,7 +31,11 @@ def torch(images):
     return (x - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
 
 
-FUNCTIONS = {"caffe": caffe, "torch": torch}
+def tflite(images):
+    return (images.astype(jnp.float32) - 127.0) / 128.0
+
+
+FUNCTIONS = {"caffe": caffe, "torch": torch, "tflite": tflite}
 
 
 def apply(name: str, images):

@@ -5,11 +5,14 @@ which is not what Keras' ZeroPadding2D or torch's `padding=` do, and would break
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from research.errors import UserError
 
 # BatchNorm settings of each source. Flax's momentum is the weight of the old running value: torch's 0.1 is 0.9.
 BN_SETTINGS = {
@@ -66,14 +69,77 @@ def adaptive_avg_pool(x, size: int):
     return jnp.stack(rows, axis=1)
 
 
-class LinearHead(nn.Module):
-    """The classifier: ImageNet's own, or a fresh one with any number of classes."""
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """The classifier's shape, hashable so a spec can key the jit cache; the default is the linear head.
+
+    `hidden`: widths of the ReLU dense layers before the final one. `dropout`: the rate before each dense layer,
+    one float for all or one per layer (seed 004's Flatten-Dense(256)-Dropout(0.5)-Dense is hidden=(256,),
+    dropout=(0, 0.5)). `batch_norm`: BN before each dropout+dense (seed 000's GAP-BN-Dropout-Dense(512)-BN-Dropout-
+    Dense). `pool`: how a spatial input (VGG's block5_pool when there is no top) becomes a vector.
+    """
+    hidden: tuple = ()
+    dropout: Any = 0.0
+    batch_norm: bool = False
+    pool: str = "flatten"
+
+    def __post_init__(self):
+        hidden = tuple(int(h) for h in self.hidden)
+        rates = self.dropout if isinstance(self.dropout, (tuple, list)) else (self.dropout,) * (len(hidden) + 1)
+        rates = tuple(float(r) for r in rates)
+        if len(rates) != len(hidden) + 1 or not all(0.0 <= r < 1.0 for r in rates):
+            raise UserError(f"head dropout must be one rate in [0, 1) or one per dense layer "
+                            f"({len(hidden) + 1}), got {self.dropout!r}")
+        if any(h < 1 for h in hidden):
+            raise UserError(f"head hidden widths must be positive, got {self.hidden!r}")
+        if self.pool not in HEAD_POOLS:
+            raise UserError(f"unknown head pool {self.pool!r}; known: {', '.join(HEAD_POOLS)}")
+        object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(self, "dropout", rates)
+        object.__setattr__(self, "batch_norm", bool(self.batch_norm))
+
+    @property
+    def is_linear(self) -> bool:
+        return self == HeadSpec()
+
+    @classmethod
+    def of(cls, value) -> "HeadSpec":
+        """A HeadSpec from itself, a dict (as stored in research.json) or None (the linear head)."""
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        return cls(**dict(value))
+
+
+HEAD_POOLS = ("flatten", "avg")
+
+
+class Head(nn.Module):
+    """The classifier: ImageNet's own, or a fresh one of any size and `spec`; the final dense layer is `fc`,
+    hidden ones `fc1`, `fc2`..., the BN before dense layer k `bn{k}` (the last one's k is len(hidden) + 1)."""
     num_classes: int
     dtype: Any = jnp.float32
+    spec: HeadSpec = HeadSpec()
+    train: bool = False
+    norm: Any = None  # a BatchNorm partial, needed when spec.batch_norm
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="fc")(x)
+        if x.ndim == 4:
+            x = x.reshape(x.shape[0], -1) if self.spec.pool == "flatten" else jnp.mean(x, axis=(1, 2))
+        widths = self.spec.hidden + (self.num_classes,)
+        for k, (width, rate) in enumerate(zip(widths, self.spec.dropout), start=1):
+            if self.spec.batch_norm:
+                x = self.norm(name=f"bn{k}")(x)
+            if rate:
+                x = nn.Dropout(rate, deterministic=not self.train)(x)
+            last = k == len(widths)
+            x = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name="fc" if last else f"fc{k}")(x)
+            if not last:
+                x = nn.relu(x)
+        return x
+
+
+LinearHead = Head  # the linear case: Head(num_classes, dtype) has only `fc`
 
 
 class TapCollector:

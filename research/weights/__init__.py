@@ -8,18 +8,20 @@ from pathlib import Path
 
 from research.errors import UserError
 from research.models import ModelSpec
-from research.weights import keras, mapping, store, torchvision
+from research.weights import efficientnet_lite, keras, mapping, store, torchvision
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
 
 # source -> (converter, the preprocessing its ImageNet weights were trained with)
-SOURCES = {"keras": (keras, "caffe"), "torchvision": (torchvision, "torch")}
+SOURCES = {"keras": (keras, "caffe"), "torchvision": (torchvision, "torch"),
+           efficientnet_lite.SOURCE: (efficientnet_lite, efficientnet_lite.PREPROCESSING)}
 
 
 def sniff(path) -> str:
-    """'checkpoint', 'keras' or 'torchvision', from what the path holds rather than its name."""
+    """'checkpoint', 'keras', 'torchvision' or 'efficientnet_pytorch', from what the path holds rather than its
+    name (torch files by their keys)."""
     path = Path(path)
     if path.is_dir():
         if store.is_checkpoint(path):
@@ -32,7 +34,7 @@ def sniff(path) -> str:
     if head.startswith(HDF5_MAGIC) or (head.startswith(ZIP_MAGIC) and keras.is_keras_zip(path)):
         return "keras"
     if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL_2_PLUS):
-        return "torchvision"
+        return efficientnet_lite.SOURCE if efficientnet_lite.claims(path) else "torchvision"
     raise UserError(f"{path}: neither HDF5 (Keras) nor a torch file (.pth), nor a converted checkpoint")
 
 

@@ -1,0 +1,109 @@
+"""What a probe leaves behind: scores from scikit-learn's `classification_report`, the JSON, the fitted model
+and PNGs (a confusion matrix; accuracy against depth for multi-tap files), each written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def scores(y_true, y_pred, label_names) -> tuple[dict, str]:
+    """(classification_report as a dict, as text) over every class the file names."""
+    from sklearn.metrics import classification_report
+
+    kw = dict(labels=np.arange(len(label_names)), target_names=list(label_names), zero_division=0)
+    return (classification_report(y_true, y_pred, output_dict=True, **kw),
+            classification_report(y_true, y_pred, digits=4, **kw))
+
+
+def atomic(path: Path, write) -> Path:
+    """Call write(temporary path) next to `path`, then rename it into place, so `path` is never partial."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json(path: Path, result: dict) -> Path:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    return atomic(path, write)
+
+
+def write_model(path: Path, model) -> Path:
+    import joblib
+    return atomic(path, lambda tmp: joblib.dump(model, tmp))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def confusion_png(path: Path, y_true, y_pred, label_names, title: str) -> Path:
+    """Row-normalised confusion matrix, counts in the cells where the classes are few enough to read."""
+    from sklearn.metrics import confusion_matrix
+
+    plt = _pyplot()
+    k = len(label_names)
+    cm = confusion_matrix(y_true, y_pred, labels=np.arange(k))
+    rate = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * k + 2), 40.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), label_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), label_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if k <= 30:
+        for i, j in zip(*np.nonzero(cm)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if rate[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def depth_png(path: Path, taps, accuracy, title: str) -> Path:
+    """Test accuracy per tap, taps in depth order along x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(taps) + 2), 4))
+    ax.plot(range(len(taps)), accuracy, marker="o")
+    ax.set_xticks(range(len(taps)), taps, rotation=45, ha="right")
+    ax.set_xlabel("tap (shallow to deep)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: Path) -> Path:
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=100)
+    try:
+        return atomic(path, write)
+    finally:
+        plt.close(fig)
+
+
+def table(rows: list[dict]) -> str:
+    """The layer-wise table: one line per tap."""
+    lines = [f"{'tap':<24} {'dim':>6} {'accuracy':>9} {'macro f1':>9} {'C':>10} {'fit s':>7}"]
+    for r in rows:
+        lines.append(f"{r['tap']:<24} {r['dim']:>6} {r['accuracy']:>9.4f} {r['macro_f1']:>9.4f} "
+                     f"{r['best_C']:>10.3g} {r['fit_time_s']:>7.2f}")
+    return "\n".join(lines)

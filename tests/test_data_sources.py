@@ -109,7 +109,7 @@ def test_split_subset_is_allowed(tmp_path):
     ("empty", "holds no images"),
     ("only_text", "holds no images"),
     ("notes.txt", "is not a folder"),
-    ("tfds:caltech101:train", "not yet supported"),
+    ("tfds:", "expected tfds:NAME"),
     ("mixed", "mixes split folders"),
 ])
 def test_bad_specs_are_one_line_user_errors(tmp_path, spec, message):

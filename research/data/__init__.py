@@ -1,7 +1,8 @@
 """Datasets: `research.data.open(spec)` is the one way in for data; see DESIGN.md's path of the data.
 
 open -> Source (records, class names, given splits) -> splits.stratified (seeded split) ->
-loader.batches (decode, resize, batch, prefetch) -> uint8 batches; pack.write stores the decoded result once.
+loader.batches (decode, resize, batch, prefetch) -> uint8 batches; pack.write stores the decoded result once;
+augment.augment (on device, jitted; imported on its own so that listing data never loads JAX) perturbs them.
 """
 from __future__ import annotations
 

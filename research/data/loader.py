@@ -4,7 +4,7 @@ Built on Grain (`grain.MapDataset`), the JAX-native loader: it installs cleanly 
 pyproject), keeps the output order deterministic while decoding on a thread pool (PIL releases the GIL), and its
 iterators can save and restore their position (`get_state` / `set_state`) for resumable training.
 
-- Folders: one element per record (decode + resize); unreadable files are dropped with a warning and named
+- Folders and TFDS: one element per record (decode + resize); unreadable files are dropped with a warning and named
   in `skips`, and the survivors are batched, so batches stay full.
 - Packs: one element per batch, read as one slice (or one sorted point selection when shuffled) from the
   HDF5 file; no decoding. A pack holds one size and policy: asking for another is a UserError.
@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from research.data.decode import BadImage, SkipLog, decode_image
+from research.data.decode import BadImage, SkipLog
 from research.data.resize import policy as make_policy
 from research.data.sources import Source
 from research.errors import UserError
@@ -85,7 +85,7 @@ def _file_batches(source, order, batch_size, image_size, policy, drop_remainder,
     def load(index):
         index = int(index)
         try:
-            image = policy.apply(decode_image(source.file(index)), image_size)
+            image = policy.apply(source.image(index), image_size)
         except BadImage as e:
             skips.add(source.paths[index], e.reason)
             return None

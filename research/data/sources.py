@@ -4,7 +4,7 @@ Specs:
 - `root/` holding `root/{class}/...`: class folders (searched recursively, as Keras and torchvision do);
 - `root/` holding only `train/`, `validation/`, `test/` (any subset), each with class folders: given splits;
 - `pack.h5`: a pack written by `research pack` (pixels already decoded and resized);
-- `tfds:NAME[:SPLIT]`: TensorFlow Datasets (not yet supported here).
+- `tfds:NAME[:SPLIT]`: TensorFlow Datasets (see `research.data.tfds`; imported only for such specs).
 
 Image files are matched by extension, case-insensitively; hidden files and folders (a leading dot, and
 `__MACOSX`) and other files are ignored. Classes are sorted by name, so label ids do not depend on the order the
@@ -17,10 +17,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from research.data.decode import decode_image
 from research.data.splits import SPLITS
 from research.errors import UserError
 
@@ -32,7 +33,7 @@ PACK_FORMAT = "research.pack"
 
 
 class Record(NamedTuple):
-    ref: str | int  # a path relative to the root, or a row of a pack
+    ref: str | int | tuple  # a path relative to the root, a row of a pack, or a TFDS (split, index)
     label: int
 
 
@@ -41,14 +42,16 @@ class Source:
     """A listed dataset. `split` holds indices into SPLITS per record, or is None when none are given."""
 
     spec: str
-    kind: str  # "folder" or "pack"
-    root: Path  # the folder, or the pack file
+    kind: str  # "folder", "pack" or "tfds"
+    root: Path  # the folder, the pack file, or the TFDS data directory
     class_names: tuple[str, ...]
     paths: tuple[str, ...]  # relative POSIX paths, for provenance (a pack keeps the ones it was built from)
     labels: np.ndarray  # int32
     split: np.ndarray | None = None  # int8 into SPLITS
     skipped: tuple[str, ...] = ()  # files a pack left out as unreadable
     attrs: dict = dataclasses.field(default_factory=dict)  # a pack's attributes (image size, resize policy)
+    refs: tuple | None = None  # record references when they are not the paths (TFDS: (split, index))
+    reader: Callable | None = None  # index -> RGB PIL image, for sources that are not files
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -59,12 +62,16 @@ class Source:
 
     @property
     def records(self) -> list[Record]:
-        refs = self.paths if self.kind == "folder" else range(len(self))
+        refs = self.refs or (self.paths if self.kind == "folder" else range(len(self)))
         return [Record(r, int(y)) for r, y in zip(refs, self.labels)]
 
     def file(self, index: int) -> Path:
         """The image file of a folder record."""
         return self.root / self.paths[index]
+
+    def image(self, index: int):
+        """The decoded RGB PIL image of a record (not for packs, whose pixels are read in slices)."""
+        return self.reader(index) if self.reader is not None else decode_image(self.file(index))
 
     def split_names(self) -> list[str] | None:
         """The split of each record by name, or None when the source has no given splits."""
@@ -83,7 +90,8 @@ def open_source(spec) -> Source:
     """`research.data.open`: the one way in for data."""
     text = str(spec)
     if text.startswith("tfds:"):
-        raise UserError(f"{text}: TFDS datasets are not yet supported; use a class-folder tree or a pack")
+        from research.data.tfds import open_tfds
+        return open_tfds(text)
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"no such dataset: {text}")

@@ -18,6 +18,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from research.errors import UserError
@@ -60,12 +61,26 @@ def read(path) -> dict:
 
 
 def check(f, path) -> dict:
-    """The attributes of an open file (JSON ones decoded), or UserError unless it is a complete features file."""
-    if f.attrs.get("format") != FORMAT:
-        raise UserError(f"{path} is not a features file written by `research features`")
-    if not f.attrs.get(COMPLETE, False):
+    """The attributes of an open file (JSON ones decoded), or UserError unless it is a complete features file.
+
+    Files from other writers in the same layout (no `format` attribute) are read too, if marked complete; a
+    single `features` dataset is then taken as their one tap.
+    """
+    if f.attrs.get("format", FORMAT) != FORMAT or LABELS not in f:
+        raise UserError(f"{path} is not a features file (no {LABELS!r} dataset, or another format)")
+    if not _truthy(f.attrs.get(COMPLETE, False)):
         raise UserError(f"{path} is incomplete (its writing was interrupted); run the same command again")
-    return attributes(f)
+    attrs = attributes(f)
+    if isinstance(attrs.get("taps"), str):
+        attrs["taps"] = json.loads(attrs["taps"])
+    if "taps" not in attrs:
+        attrs["taps"] = [FEATURES] if FEATURES in f else [k for k in f if isinstance(f[k], h5py.Group)]
+    return attrs
+
+
+def _truthy(flag) -> bool:
+    """True, 1 or "true": writers differ in how they store a flag."""
+    return flag is True or flag == 1 or str(_plain(flag)).lower() == "true"
 
 
 def attributes(f) -> dict:
@@ -112,7 +127,7 @@ def is_complete(path) -> bool:
         return False
     try:
         with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == FORMAT and bool(f.attrs.get(COMPLETE, False))
+            return f.attrs.get("format") == FORMAT and _truthy(f.attrs.get(COMPLETE, False))
     except OSError:
         return False
 

@@ -1,8 +1,7 @@
 """Reading feature files for the probe.
 
-A stop-gap reader written against the fixed feature-file layout, kept here so the probe does not wait on
-`research.features.hdf5`; `read` is the only entry point, so swapping in the shared reader later means
-changing this module alone.
+The file is read by `research.features.hdf5.read`, the one reader of the layout; this adds the checks a fit
+needs (labels in range, finite features, one row per label) and names a single-tap file's tap `features`.
 
 Layout. Single-tap: datasets `features` (N, D), `labels` (N,), `label_names` (C,), optional `paths` (N,).
 Multi-tap: a group per tap holding `features`, with `labels`, `label_names`, `paths` at the root; the root
@@ -12,12 +11,12 @@ attributes are provenance; `complete=True` is written last, so a file without it
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from research.errors import UserError
+from research.features import hdf5
 
 SINGLE = "features"  # the tap name given to a single-tap file's features
 
@@ -47,47 +46,19 @@ class FeatureSet:
 
 def read(path) -> FeatureSet:
     """Load a complete feature file; UserError for anything missing, incomplete or inconsistent."""
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no feature file at {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise UserError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
-        attrs = json_safe(dict(f.attrs))
-        if not _is_complete(attrs.get("complete")):
-            raise UserError(f"{path} is incomplete (no complete=True attribute): the dump did not finish")
-        for name in ("labels", "label_names"):
-            if name not in f:
-                raise UserError(f"{path} has no '{name}' dataset")
-        labels = np.asarray(f["labels"][()]).astype(np.int64)
-        label_names = [_text(x) for x in f["label_names"][()]]
-        paths = [_text(x) for x in f["paths"][()]] if "paths" in f else None
-        features = {tap: np.asarray(f[key][()], np.float32) for tap, key in _tap_keys(f, path)}
-    _check(path, features, labels, label_names, paths)
-    return FeatureSet(path, features, labels, label_names, paths, attrs)
-
-
-def _tap_keys(f, path) -> list:
-    """(tap, dataset key) pairs in depth order."""
-    import h5py
-
-    if isinstance(f.get(SINGLE), h5py.Dataset):
-        return [(SINGLE, SINGLE)]
-    groups = [k for k in f if isinstance(f[k], h5py.Group) and "features" in f[k]]
-    if not groups:
-        raise UserError(f"{path} has neither a 'features' dataset nor tap groups holding one")
-    order = f.attrs.get("taps")
-    if order is not None:
-        order = json.loads(order) if isinstance(order, (str, bytes)) else [_text(t) for t in order]
-        missing = [t for t in order if t not in groups]
-        if missing:
-            raise UserError(f"{path}: taps {missing} are listed in the 'taps' attribute but have no group")
-        groups = list(order)
-    return [(tap, f"{tap}/features") for tap in groups]
+    data = hdf5.read(path)
+    taps = data["attrs"]["taps"]
+    missing = [t for t in taps if t not in data["features"]]
+    if missing:
+        raise UserError(f"{path}: taps {missing} are listed in the 'taps' attribute but have no group")
+    names = [SINGLE] if len(taps) == 1 else taps
+    features = {name: np.asarray(data["features"][t], np.float32) for name, t in zip(names, taps)}
+    labels = np.asarray(data["labels"]).astype(np.int64)
+    _check(path, features, labels, data["label_names"], data["paths"])
+    return FeatureSet(path, features, labels, data["label_names"], data["paths"], json_safe(data["attrs"]))
 
 
 def _check(path, features, labels, label_names, paths) -> None:
@@ -103,15 +74,6 @@ def _check(path, features, labels, label_names, paths) -> None:
             raise UserError(f"{path}: tap {tap!r} has features of shape {x.shape}, expected ({n}, D)")
         if not np.isfinite(x).all():
             raise UserError(f"{path}: tap {tap!r} has non-finite features")
-
-
-def _is_complete(value) -> bool:
-    """True, 1 or "true": writers differ in how they store a flag."""
-    return value is True or (isinstance(value, int) and value == 1) or str(value).lower() == "true"
-
-
-def _text(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
 def json_safe(value):

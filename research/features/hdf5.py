@@ -42,15 +42,18 @@ def features_name(tap: str, taps) -> str:
 
 
 def read(path) -> dict:
-    """A complete features file -> {"features": {tap: array}, "labels", "label_names", "paths", "index",
-    "attrs"}; `paths` is None where the source had none. UserError for a partial or foreign file."""
+    """A complete features file -> {"features": {tap: array}, "grouped", "labels", "label_names", "paths",
+    "index", "attrs"}; `grouped` says taps live in groups (else one root `features`); `paths` is None where the
+    source had none. UserError for a partial or foreign file."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             attrs = check(f, path)
             taps = attrs["taps"]
-            return {"features": {t: f[features_name(t, taps)][()] for t in taps},
+            grouped = [t for t in taps if f"{t}/{FEATURES}" in f]
+            return {"features": {t: f[f"{t}/{FEATURES}" if t in grouped else FEATURES][()] for t in taps},
+                    "grouped": bool(grouped),
                     "labels": f[LABELS][()],
                     "label_names": strings(f[LABEL_NAMES]),
                     "paths": strings(f[PATHS]) if PATHS in f else None,

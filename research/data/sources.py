@@ -4,7 +4,8 @@ Specs:
 - `root/` holding `root/{class}/...`: class folders (searched recursively, as Keras and torchvision do);
 - `root/` holding only `train/`, `validation/`, `test/` (any subset), each with class folders: given splits;
 - `pack.h5`: a pack written by `research pack` (pixels already decoded and resized);
-- `tfds:NAME[:SPLIT]`: TensorFlow Datasets (see `research.data.tfds`; imported only for such specs).
+- `tfds:NAME[:SPLIT]`: TensorFlow Datasets (see `research.data.tfds`; imported only for such specs);
+- `sklearn:digits`: an image set scikit-learn ships, for offline runs (see `research.data.sklearn_sets`).
 
 Image files are matched by extension, case-insensitively; hidden files and folders (a leading dot, and
 `__MACOSX`) and other files are ignored. Classes are sorted by name, so label ids do not depend on the order the
@@ -42,7 +43,7 @@ class Source:
     """A listed dataset. `split` holds indices into SPLITS per record, or is None when none are given."""
 
     spec: str
-    kind: str  # "folder", "pack" or "tfds"
+    kind: str  # "folder", "pack", "tfds" or "sklearn"
     root: Path  # the folder, the pack file, or the TFDS data directory
     class_names: tuple[str, ...]
     paths: tuple[str, ...]  # relative POSIX paths, for provenance (a pack keeps the ones it was built from)
@@ -92,6 +93,9 @@ def open_source(spec) -> Source:
     if text.startswith("tfds:"):
         from research.data.tfds import open_tfds
         return open_tfds(text)
+    if text.startswith("sklearn:"):
+        from research.data.sklearn_sets import open_sklearn
+        return open_sklearn(text)
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"no such dataset: {text}")

@@ -11,8 +11,8 @@ import numpy as np
 
 from research import preprocess
 from research.errors import UserError
-from research.models import ModelSpec, layers
-from research.weights import mapping, store
+from research.models import ModelSpec, heads
+from research.weights import store
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -73,16 +73,14 @@ class Bundle:
                             f"got {images.shape[1]}x{images.shape[2]}")
         return images
 
-    def with_head(self, num_classes: int, seed: int = 0) -> "Bundle":
-        """A fresh head of `num_classes` (0 removes it); the rest of the weights are kept."""
+    def with_head(self, num_classes: int, seed: int = 0, image_size: int = 224) -> "Bundle":
+        """A fresh head of `num_classes` (0 removes it), shaped like the current one; the rest is kept.
+
+        `image_size` sizes a head that reads a flattened feature map (VGG without its top)."""
         spec = dataclasses.replace(self.spec, num_classes=num_classes)
-        params = {k: v for k, v in self.variables["params"].items() if k != "head"}
-        if num_classes:
-            n_in = mapping.template(spec)[("params", "head", "fc", "kernel")][0]
-            head = layers.LinearHead(num_classes).init(jax.random.key(seed), jnp.zeros((1, n_in)))
-            params["head"] = jax.tree.map(np.asarray, head["params"])
+        variables = heads.attach(self.spec, self.variables, spec, spec.fixed_input_size or image_size, seed)
         meta = {**self.meta, "model": spec.to_dict(), "head": {"num_classes": num_classes, "seed": seed}}
-        return Bundle(spec, {**self.variables, "params": params}, meta)
+        return Bundle(spec, variables, meta)
 
     def save(self, out, overwrite: bool = False):
         return store.save(out, self.variables, self.meta, overwrite)

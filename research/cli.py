@@ -140,6 +140,38 @@ def add_finetune_parser(sub) -> None:
     p.set_defaults(func=cmd_finetune, overrides=[])
 
 
+def _bench_module():
+    """benchmarks/ sits beside the package in a source checkout and is not installed, so it is looked up there."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run.py").is_file():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import run
+
+    return run
+
+
+def cmd_bench(args) -> None:
+    import shlex
+
+    bench = _bench_module()
+    if bench is None:
+        raise UserError("research bench runs from a source checkout: no benchmarks/ beside the research package")
+    bench.bench(args, "research " + shlex.join(sys.argv[1:]))
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time forward, train steps, data path and probes against Keras 3 and the "
+                                     "matmul peak; JSON and markdown to benchmarks/results/")
+    bench = _bench_module()
+    if bench is not None:
+        bench.add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
 def cmd_demo(args) -> None:
     from research import demo
 
@@ -183,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe_parser(sub)
     add_finetune_parser(sub)
     add_augment_preview_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

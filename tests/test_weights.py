@@ -127,3 +127,20 @@ def test_keras_vgg_with_top_needs_224(tmp_path):
         bundle.features(np.zeros((1, 64, 64, 3), np.uint8), "fc1")
     with pytest.raises(UserError, match="must be uint8 RGB NHWC"):
         bundle.features(np.zeros((1, 224, 224, 3), np.float32), "fc1")
+
+
+def test_fresh_head_keeps_a_custom_heads_shape():
+    """A fine-tuned model's BN-Dense-BN-Dense head, re-headed for another class count, keeps its structure."""
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from research.models import HeadSpec
+    spec = ModelSpec("resnet18", "torchvision", num_classes=3, head=HeadSpec(hidden=(8,), batch_norm=True))
+    variables = spec.build().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), taps=spec.taps)
+    bundle = research.Bundle(spec, jax.tree.map(np.asarray, variables), {"preprocessing": "torch"})
+    five = bundle.with_head(5, seed=1)
+    shapes = {k: v.shape for k, v in traverse_util.flatten_dict(five.variables).items()}
+    assert shapes == mapping.template(five.spec) and five.spec.head == spec.head
+    assert shapes[("params", "head", "fc", "kernel")] == (8, 5)
+    assert five.features(np.zeros((2, 32, 32, 3), np.uint8), "logits")["logits"].shape == (2, 5)

@@ -1,5 +1,8 @@
 """Converted weights on disk: an orbax checkpoint of {params, batch_stats} plus `research.json`.
 
+A fine-tuning workdir (research.train) has the same `research.json`, with a `finetune` entry, and its
+variables come from its best (else latest) checkpoint.
+
 `research.json` carries what downstream code must not guess: the model spec, the preprocessing the weights
 expect, and the source file's name and sha256. Outputs are written under a temporary name and renamed when
 complete, and an existing output is replaced only when asked.
@@ -57,6 +60,12 @@ def load(path) -> tuple[dict, dict]:
         meta = json.loads((path / META_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a converted checkpoint ({e})") from None
+    if "finetune" in meta:  # a fine-tuning workdir: its best (else latest) checkpoint
+        from research.train.checkpoint import restore_variables
+        try:
+            return _to_numpy(restore_variables(path)), meta
+        except FileNotFoundError as e:
+            raise UserError(f"{path}: a fine-tuning workdir with no checkpoint yet") from e
     with ocp.StandardCheckpointer() as ckpt:
         variables = ckpt.restore(path / VARIABLES_DIR)
     return _to_numpy(variables), meta

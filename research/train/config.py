@@ -1,0 +1,172 @@
+"""Fine-tuning configs: a Python file whose `get_config()` returns an ml_collections ConfigDict, plus
+`--config.a.b=value` overrides, type-checked against the defaults so a typo or a wrong type fails up front.
+
+`phases` is a tuple of dicts, each overriding `freeze`, `learning_rate`, `optimizer`, `schedule` and `epochs` for
+one phase; phase k starts from phase k-1's params and batch statistics with a fresh optimizer. Empty: one
+phase from the top-level fields.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from research.errors import UserError
+
+PHASE_FIELDS = ("freeze", "learning_rate", "optimizer", "schedule", "epochs")
+# Fields that steer a run but not its result: a resumed run may change them.
+FREE_TYPED = ("freeze", "head.dropout")  # fields of more than one type
+RUN_CONTROL = ("max_steps", "checkpoint", "log_every", "workers", "eval_batch_size")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every field a config may set, with its default."""
+    c = ml_collections.ConfigDict()
+    c.weights = ""  # a weight file or converted checkpoint, as research.load takes
+    c.data = ""  # a dataset spec, as research.data.open takes
+    c.split = dict(test=0.0, validation=0.0)  # per-class fractions, for sources without given splits
+    c.image_size = 224
+    c.resize = "direct"  # or shorter_center_crop
+    c.batch_size = 32
+    c.eval_batch_size = 0  # 0: batch_size
+    c.epochs = 1
+    c.include_top = True  # keep the source's own top layers (VGG's fc1/fc2) under the new head
+    c.head = dict(hidden=(), dropout=0.0, batch_norm=False, pool="flatten")
+    c.freeze = "head"  # a preset (head, top_block, all, from:TAP) or a tuple of (regex, rule) pairs
+    c.optimizer = dict(name="adam", momentum=0.0, nesterov=False, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
+                       decay=0.9)
+    c.learning_rate = 1e-3
+    c.schedule = dict(name="constant", warmup_epochs=0.0, boundaries=(), factor=0.1)  # boundaries in epochs
+    c.augment = ml_collections.ConfigDict()  # empty: none; else passed to research.data.augment.augment
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype; params stay float32
+    c.phases = ()
+    c.checkpoint = dict(every_steps=0, keep=2)  # every_steps 0: at each epoch end only
+    c.max_steps = 0  # stop (after a checkpoint) once this many steps are done in all; 0: no limit
+    c.log_every = 10
+    c.workers = 0  # decoding threads; 0: the loader's default
+    return c
+
+
+def load(path, overrides=()) -> ml_collections.ConfigDict:
+    """The config file's `get_config()` merged over the defaults, then `--config.FIELD=VALUE` overrides."""
+    config = defaults()
+    _merge(config, _read(path), prefix="")
+    for item in overrides:
+        apply_override(config, item)
+    check(config)
+    return config
+
+
+def _read(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"research_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"{path} has no get_config()")
+    got = module.get_config()
+    return got.to_dict() if isinstance(got, ml_collections.ConfigDict) else dict(got)
+
+
+def _merge(config, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        assign(config, f"{prefix}{key}", value)
+
+
+def assign(config, dotted: str, value) -> None:
+    """Sets a dotted field, type-checked by ConfigDict; unknown fields and wrong types are UserErrors."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for name in parents:
+        if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+            raise UserError(f"unknown config field {dotted!r}")
+        node = node[name]
+    if leaf not in node:
+        raise UserError(f"unknown config field {dotted!r}; known here: {', '.join(sorted(node.keys()))}")
+    if isinstance(node[leaf], ml_collections.ConfigDict) and isinstance(value, dict):
+        open_ended = dotted == "augment"
+        for key, sub in value.items():
+            if open_ended:
+                node[leaf][key] = sub
+            else:
+                assign(config, f"{dotted}.{key}", sub)
+        return
+    current = node[leaf]
+    if dotted in FREE_TYPED:
+        del node[leaf]  # e.g. a preset name or a tuple of rules: either type is fine
+        node[leaf] = _tuples(value)
+        return
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config field {dotted}: {value!r} is not a {type(current).__name__} "
+                        f"({str(e).splitlines()[0]})") from None
+
+
+def _tuples(value):
+    """Lists to tuples, all the way down, so rules read from JSON equal rules written in Python."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def apply_override(config, item: str) -> None:
+    """`--config.a.b=value` (or `config.a.b=value`): the value is a Python literal, or a plain string."""
+    body = item.removeprefix("--")
+    if not body.startswith("config.") or "=" not in body:
+        raise UserError(f"cannot read override {item!r}; write --config.FIELD=VALUE")
+    dotted, text = body.removeprefix("config.").split("=", 1)
+    assign(config, dotted, parse_value(text))
+
+
+def parse_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def check(config) -> None:
+    """The checks that need more than a type."""
+    if config.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"config dtype must be float32 or bfloat16, got {config.dtype!r}")
+    for name in ("batch_size", "image_size"):
+        if config[name] < 1:
+            raise UserError(f"config {name} must be positive, got {config[name]}")
+    for k, phase in enumerate(config.phases, start=1):
+        if not isinstance(phase, dict) or set(phase) - set(PHASE_FIELDS):
+            raise UserError(f"phase {k} must be a dict of {', '.join(PHASE_FIELDS)}, got {phase!r}")
+    for k, phase in enumerate(phases(config), start=1):
+        if phase.epochs < 1:
+            raise UserError(f"phase {k} needs at least one epoch, got {phase.epochs}")
+
+
+def phases(config) -> list[ml_collections.ConfigDict]:
+    """One ConfigDict per phase: the top-level fields with that phase's overrides."""
+    out = []
+    for overrides in config.phases or ({},):
+        phase = ml_collections.ConfigDict(copy.deepcopy({k: config[k] for k in PHASE_FIELDS}))
+        _merge(phase, overrides, prefix="")
+        out.append(phase)
+    return out
+
+
+def result_fields(config) -> dict:
+    """The fields that decide the result: a workdir resumes only a run whose fields all match."""
+    return {k: v for k, v in to_json(config).items() if k not in RUN_CONTROL}
+
+
+def to_json(config) -> dict:
+    """Plain JSON-able values (tuples as lists), for research.json and summary.json."""
+    import json
+    return json.loads(json.dumps(config.to_dict(), default=list))

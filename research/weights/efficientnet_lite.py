@@ -19,11 +19,10 @@ import re
 import zipfile
 from pathlib import Path
 
-import numpy as np
 
 from research.errors import UserError
 from research.models import ModelSpec, efficientnet
-from research.weights import mapping
+from research.weights import torchvision
 from research.weights.torch_reader import read_state_dict
 
 SOURCE = "efficientnet_pytorch"  # the source framework's name in the weights' metadata, and the model layout
@@ -33,10 +32,6 @@ BUNDLED_FILE = "efficientnet-lite0-57934424.pth"
 
 STEM_KEY = "_conv_stem.weight"
 SE_MARK = "_se_reduce"
-IGNORED = {"num_batches_tracked"}
-SUFFIXES = {"conv": ("weight", "bias"), "bn": ("weight", "bias", "running_mean", "running_var"),
-            "linear": ("weight", "bias")}
-KIND = {"conv": "conv", "bn": "bn", "linear": "dense"}
 
 # Per block: source module -> (param name inside stage{s}/block{j}, kind).
 BLOCK_NAMES = {
@@ -135,34 +130,8 @@ def detect(state: dict, path) -> ModelSpec:
                     f"which is none of {', '.join(efficientnet.VARIANTS)}")
 
 
-def _relayout(kind: str, suffix: str, x: np.ndarray) -> np.ndarray:
-    if suffix != "weight":
-        return x
-    if kind == "conv":
-        return x.transpose(2, 3, 1, 0)  # OIHW -> HWIO; depthwise (C, 1, k, k) -> (k, k, 1, C)
-    if kind == "linear":
-        return x.T
-    return x
-
-
 def convert(path):
     """-> (detected spec, flat leaves, keys of file tensors with no place in the model)."""
     state = read_state_dict(path)
     spec = detect(state, path)
-    table = names(spec.arch)
-    groups: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in state.items():
-        module, _, suffix = key.rpartition(".")
-        if suffix not in IGNORED:
-            groups.setdefault(module, {})[suffix] = value
-    flat, unplaced = {}, []
-    for module, tensors in groups.items():
-        if module not in table:
-            unplaced += [f"{module}.{s}" for s in tensors]
-            continue
-        dst, kind = table[module]
-        order = SUFFIXES[kind]
-        unplaced += [f"{module}.{s}" for s in tensors if s not in order]
-        ordered = [_relayout(kind, s, np.asarray(tensors[s], np.float32)) for s in order if s in tensors]
-        flat.update(mapping.leaves(KIND[kind], dst, ordered, f"{path}: module {module}"))
-    return spec, flat, unplaced
+    return (spec, *torchvision.place(state, names(spec.arch), path))

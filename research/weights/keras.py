@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from research.errors import UserError
-from research.models import ModelSpec, resnet
+from research.models import ModelSpec
 from research.weights import mapping
 
 DEPTH_BY_STAGE3_BLOCKS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}

@@ -31,7 +31,7 @@ def _relayout(kind: str, suffix: str, x: np.ndarray) -> np.ndarray:
     if suffix != "weight":
         return x
     if kind == "conv":
-        return x.transpose(2, 3, 1, 0)
+        return x.transpose(2, 3, 1, 0)  # OIHW -> HWIO; depthwise (C, 1, k, k) -> (k, k, 1, C)
     if kind == "linear":
         return x.T
     if kind == "linear_nchw":
@@ -117,6 +117,11 @@ def convert(path):
     state = read_state_dict(path)
     spec = detect(state, path)
     table = resnet_names(spec.arch) if spec.family == "resnet" else vgg_names(spec.arch)
+    return (spec, *place(state, table, path))
+
+
+def place(state: dict, table: dict, path) -> tuple[dict, list]:
+    """A torch state_dict -> (flat Flax leaves, keys with no place in `table`), by module name and kind."""
     flat, unplaced = {}, []
     for module, tensors in _group(state).items():
         if module not in table:
@@ -127,4 +132,4 @@ def convert(path):
         unplaced += [f"{module}.{s}" for s in tensors if s not in order]
         ordered = [_relayout(kind, s, np.asarray(tensors[s], np.float32)) for s in order if s in tensors]
         flat.update(mapping.leaves(KIND[kind], dst, ordered, f"{path}: module {module}"))
-    return spec, flat, unplaced
+    return flat, unplaced

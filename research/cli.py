@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from research.errors import UserError
 
@@ -178,6 +179,50 @@ def cmd_demo(args) -> None:
     demo.run(args.weights, args.data, args.out, args.image_size, args.tap, overwrite=args.overwrite)
 
 
+def cmd_reproduce(args) -> None:
+    from research.experiments import reproduce
+
+    if args.list:
+        print(reproduce.listing())
+        return
+    if not args.name:
+        raise UserError("name an experiment (research reproduce --list shows them)")
+    reproduce.run(args.name, smoke=args.smoke, offline=args.offline, weights=args.weights, data=args.data,
+                  workdir=args.workdir, overwrite=args.overwrite)
+
+
+def add_reproduce_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="run a published experiment (configs/repro/NAME.py); reported vs measured")
+    p.add_argument("name", nargs="?", help="the experiment (see --list)")
+    p.add_argument("--list", action="store_true", help="the experiments, their reported and last measured numbers")
+    p.add_argument("--smoke", action="store_true", help="the same path on stand-in weights and tiny data, offline")
+    p.add_argument("--offline", action="store_true", help="never download; name whatever is missing and stop")
+    p.add_argument("--weights", help="a weight file to use instead of fetching the experiment's own")
+    p.add_argument("--data", help="a dataset spec to use instead of the experiment's TFDS default")
+    p.add_argument("--workdir", help="default runs/repro/NAME (smoke: runs/repro/smoke/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="rerun a finished workdir from scratch")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_sweep(args) -> None:
+    from research import train
+    from research.experiments import sweep
+
+    base = train.load_config(args.config, args.overrides)
+    workdir = args.workdir or f"runs/sweep/{Path(args.config).stem}"
+    sweep.run(base, sweep.parse_grid(args.grid), workdir)
+
+
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="fine-tune every cell of a grid over config fields, resumably; CSV, table, plot",
+                       epilog="Override base config fields with --config.FIELD=VALUE, as research finetune.")
+    p.add_argument("--config", required=True, help="the base config file (configs/*.py)")
+    p.add_argument("--grid", action="append", default=[], required=True,
+                   help="FIELD=V1,V2,... (repeat per field), e.g. freeze=head,top_block,all")
+    p.add_argument("--workdir", help="one subfolder per cell, plus sweep.csv/.md/.png (default runs/sweep/CONFIG)")
+    p.set_defaults(func=cmd_sweep, overrides=[])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,13 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(sub)
     add_augment_preview_parser(sub)
     add_bench_parser(sub)
+    add_reproduce_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "finetune":
+    if extra and args.command not in ("finetune", "sweep"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)

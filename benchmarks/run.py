@@ -1,0 +1,244 @@
+"""Speed of the forward, the train steps, the data path and the probes, against Keras 3 on JAX and the device's
+matmul peak.
+
+    python -m benchmarks.run --quick                      # CPU-sized: 64 px, batch 8, 3 repeats, a few minutes
+    python -m benchmarks.run --cases a --models resnet50 --image-size 224 --batch-size 16
+    research bench ...                                    # the same flags
+
+Writes JSON (machine, versions, date, the command, every case, ratios, pass/fail targets, notes) and a markdown
+table beside it. Only argparse is imported at module level, so `research` can build its parser cheaply.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CASES = "abcdefg"
+QUICK = {"image_size": 64, "batch": 8, "repeats": 5, "images": 32}
+FULL = {"image_size": 224, "batch": 32, "repeats": 10, "images": None}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="CPU sizes: 64 px, batch 8, 5 repeats, 32 images for e/f")
+    p.add_argument("--cases", default=CASES, help="a,b,...: a forward, b head / c top-block / d full train step, "
+                   "e loader, f features.dump, g probes (default: all)")
+    p.add_argument("--models", default="resnet50,vgg16", help="arch or arch:layout, comma-separated")
+    p.add_argument("--image-size", type=int, help="default 224 (64 with --quick)")
+    p.add_argument("--batch-size", help="N, or per model: resnet50=256,vgg16=128 (default 32, 8 with --quick)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, help="timed repeats per case (default 10, 5 with --quick)")
+    p.add_argument("--images", type=int, help="images for e/f (default: all of the data; 32 with --quick)")
+    p.add_argument("--data", help="a class-folder tree for e/f (default ../shared/datasets/flowers17, else generated)")
+    p.add_argument("--no-keras", action="store_true", help="skip the Keras 3 peer")
+    p.add_argument("--out", help="the JSON to write (default benchmarks/results/cpu_quick.json with --quick, "
+                   "else benchmarks/results/<backend>.json); the .md goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    from research.errors import UserError
+    try:
+        bench(args, command)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def bench(args, command: str) -> Path:
+    """Runs what `args` asks for and writes the JSON and markdown; returns the JSON's path."""
+    import jax
+
+    options = resolve(args)
+    out = output_path(args, jax.default_backend())
+    result = measure(options, command)
+    write(result, out)
+    print(Path(out.with_suffix(".md")).read_text())
+    print(f"-> {out}")
+    return out
+
+
+def resolve(args) -> dict:
+    """The flags checked and filled in from the --quick / full defaults."""
+    from research.errors import UserError
+
+    base = QUICK if args.quick else FULL
+    cases = args.cases.replace(",", "")
+    if not cases or set(cases) - set(CASES):
+        raise UserError(f"--cases takes letters from {','.join(CASES)}, got {args.cases!r}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise UserError("--models names no model")
+    from benchmarks.models import spec_of
+    for name in models:
+        spec_of(name)
+    for name, value in (("--image-size", args.image_size), ("--repeats", args.repeats), ("--images", args.images)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    return {"quick": args.quick, "cases": cases, "models": models, "dtype": args.dtype,
+            "image_size": args.image_size or base["image_size"], "batch": batches(args.batch_size, models,
+                                                                                  base["batch"]),
+            "repeats": args.repeats or base["repeats"], "images": args.images or base["images"],
+            "data": args.data, "keras": not args.no_keras}
+
+
+def batches(text: str | None, models: list, default: int) -> dict:
+    """`--batch-size` as {model: batch}: one number for all, or name=N pairs (unnamed models get the default)."""
+    from research.errors import UserError
+
+    out = dict.fromkeys(models, default)
+    try:
+        if text and "=" not in text:
+            out = dict.fromkeys(models, int(text))
+        elif text:
+            for item in text.split(","):
+                name, _, n = item.partition("=")
+                if name.strip() not in out:
+                    raise UserError(f"--batch-size names {name.strip()!r}, which is not in --models")
+                out[name.strip()] = int(n)
+    except ValueError:
+        raise UserError(f"--batch-size takes N or name=N,..., got {text!r}") from None
+    if min(out.values()) < 1:
+        raise UserError(f"batch sizes must be at least 1, got {text!r}")
+    return out
+
+
+def output_path(args, backend: str) -> Path:
+    from research.errors import UserError
+
+    out = Path(args.out) if args.out else RESULTS / ("cpu_quick.json" if args.quick else f"{backend}.json")
+    if out.suffix != ".json":
+        raise UserError(f"--out must end in .json, got {out}")
+    if (out.exists() or out.with_suffix(".md").exists()) and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def measure(o: dict, command: str) -> dict:
+    from benchmarks import keras_peer, report, timing
+
+    result = {"benchmark": "bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": command, "machine": timing.machine(), "versions": timing.versions(),
+              "params": {k: o[k] for k in ("quick", "cases", "models", "dtype", "image_size", "batch", "repeats",
+                                           "images", "keras")}, "peak": peaks(o), "models": {}, "notes": []}
+    keras, why = keras_peer.load() if o["keras"] else (None, "peer off (--no-keras)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = data_cases(o, result, tmp) if set("ef") & set(o["cases"]) else None
+        for name in o["models"]:
+            result["models"][name] = model_cases(name, o, result["peak"], keras, why, data, tmp)
+        if "g" in o["cases"]:
+            from benchmarks import pipeline
+            result["probe"] = pipeline.probes(o["quick"], tmp)
+    for model in result["models"].values():
+        model["ratios"] = report.ratios(model)
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = report.targets(result)
+    result["notes"] = report.evidence(result)
+    return result
+
+
+def peaks(o: dict) -> dict:
+    """The matmul ceiling in the run's dtype, and float32 for reference."""
+    import jax
+    from benchmarks import timing
+
+    size = 2048 if jax.default_backend() == "cpu" else 16384
+    dtypes = dict.fromkeys(("float32", o["dtype"]))
+    return {d: timing.matmul_peak(d, size, 3 if o["quick"] else 10) for d in dtypes}
+
+
+def data_cases(o: dict, result: dict, tmp: Path) -> dict:
+    """Case e, and the JPEG folder and pack that case f reads."""
+    from benchmarks import pipeline
+    from research.errors import UserError
+
+    if o["data"]:
+        if not Path(o["data"]).is_dir():
+            raise UserError(f"--data {o['data']} is not a folder")
+        from research.data import open as open_data
+        folder = pipeline.data_speed.subset(open_data(o["data"]), o["images"], tmp / "images")
+        origin = o["data"]
+    else:
+        folder, origin = pipeline.image_folder(tmp / "images", o["images"])
+    result["params"]["data"] = origin
+    result["loader"] = pipeline.loader(folder, o["image_size"], o["quick"], tmp)
+    return {"jpeg": folder, "pack": tmp / "p.h5"}
+
+
+def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path) -> dict:
+    """Our cases a-d, each raced against its Keras twin, then f."""
+    from benchmarks import keras_peer, models, timing
+
+    batch = o["batch"][name]
+    s = models.setup(name, o["image_size"], batch, o["dtype"])
+    ceiling = peak[o["dtype"]]["flop_per_s"]
+    why = why or keras_peer.absent_reason(s.spec) or (None if set("abcd") & set(o["cases"]) else "no case a-d")
+    peer = None if why else keras_peer.Peer(keras, s, models.CLASSES)
+    cases, peer_cases, forward = {}, {}, models.forward(s)
+    for case in "abcd":
+        if case not in o["cases"] and not (case == "a" and "f" in o["cases"]):
+            continue
+        # a train step races our forward too, so its cost vs (a) is measured under the same load
+        runners = {"ours": forward} if case == "a" else {"ours": models.train(s, models.PRESETS[case]),
+                                                         "ours:a": forward}
+        if peer and case in o["cases"]:
+            runners.update(peer.runners(case, models.PRESETS.get(case)))
+        timed = timing.race(runners, o["repeats"], batch, ceiling)
+        cases[case] = timed.pop("ours")
+        if "ours:a" in timed:
+            cases[case]["a_same_race_img_per_s"] = timed.pop("ours:a")["img_per_s"]
+        peer_cases.update({case: {k.removeprefix("keras:"): v for k, v in timed.items()}} if timed else {})
+    if "f" in o["cases"]:
+        cases.update(dump_cases(s, o, data, tmp, forward if o["dtype"] == "float32" else models.forward(s, "float32")))
+    return {"spec": s.spec.to_dict(), "preprocessing": s.preprocessing, "image_size": o["image_size"],
+            "batch": batch, "dtype": o["dtype"], "cases": cases, "keras": {"absent": why} if why else peer_cases}
+
+
+def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
+    """Case f on the pack and on the JPEG folder, raced against our float32 forward (what the dump computes in)
+    over as many batches, so the ratio compares runs under the same load; the warm-up run compiles."""
+    from benchmarks import pipeline, timing
+    from research.data import open as open_data
+
+    count, batch = len(open_data(str(data["jpeg"]))), len(s.labels)
+
+    def forward_epoch():
+        return [forward.call() for _ in range(-(-count // batch))]
+
+    def dump_run(kind):
+        return lambda: pipeline.dump(s.bundle, s.tap, data[kind], o["image_size"], batch, tmp / f"{kind}.h5")
+
+    runners = {"forward": timing.Runner(forward_epoch), "pack": timing.Runner(dump_run("pack")),
+               "jpeg": timing.Runner(dump_run("jpeg"))}
+    timed = timing.race(runners, o["repeats"], count, None)
+    reference = timed.pop("forward")["img_per_s"]
+    return {f"f_{kind}": {**record, "images": count, "forward_float32_img_per_s": reference}
+            for kind, record in timed.items()}
+
+
+def write(result: dict, out: Path) -> None:
+    """JSON and markdown, each to a temporary name first, so a killed run leaves no half file."""
+    import json
+    from benchmarks import report
+
+    for path, text in ((out, json.dumps(result, indent=2, default=str) + "\n"),
+                       (out.with_suffix(".md"), report.markdown(result) + "\n")):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The benchmark runner on a tiny case, so the README table and benchmarks/gpu.sh can rely on its fields without a
+long run; the ratio and target logic is checked on hand-made numbers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import report, run
+
+TINY = ["--models", "resnet18:torchvision", "--image-size", "32", "--batch-size", "2", "--repeats", "1",
+        "--cases", "a,b,d", "--no-keras"]
+
+
+def test_smoke_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "smoke.json"
+    assert run.main([*TINY, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"date", "command", "machine", "versions", "params", "peak", "models", "targets", "notes"} <= result.keys()
+    assert {"cpu", "cores", "platform", "device_kind", "device_count", "load_average_start"} <= result["machine"].keys()
+    assert {"jax", "jaxlib", "flax", "optax", "keras", "numpy", "python"} <= result["versions"].keys()
+    assert result["command"].startswith("python -m benchmarks.run --models resnet18:torchvision")
+    model = result["models"]["resnet18:torchvision"]
+    assert set(model["cases"]) == {"a", "b", "d"}
+    for case in model["cases"].values():
+        assert case["img_per_s"] > 0 and case["compile_s"] >= 0 and case["repeats"] == 1
+        assert case["gflops_per_step"] > 0 and 0 < case["mfu"]
+    assert model["keras"] == {"absent": "peer off (--no-keras)"}
+    assert model["cases"]["b"]["hlo"]["convolution"] == model["cases"]["a"]["hlo"]["convolution"]  # pruned
+    assert {"b_cost", "d_cost"} <= model["ratios"].keys()
+    assert [t["key"] for t in result["targets"]] == ["b_cost"]
+    assert "| a forward (pre_logits) |" in out.with_suffix(".md").read_text()
+
+
+def test_existing_result_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    assert run.main([*TINY, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--cases", "a,z"], ["--batch-size", "vgg19=4"], ["--batch-size", "x"],
+                                   ["--models", "nonet"], ["--out", "r.txt"]])
+def test_bad_flags_are_user_errors(tmp_path, capsys, flags):
+    assert run.main(["--out", str(tmp_path / "r.json"), *flags]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_targets_from_ratios():
+    model = {"spec": {"arch": "resnet50"}, "cases": {"a": {"img_per_s": 100.0, "dtype": "float32"},
+                                                     "b": {"img_per_s": 90.0}, "c": {"img_per_s": 50.0},
+                                                     "f_pack": {"img_per_s": 95.0, "forward_float32_img_per_s": 100.0}},
+             "keras": {"a": {"predict_on_batch": {"img_per_s": 80.0}, "jit_stateless_call": {"img_per_s": 95.0}}}}
+    model["ratios"] = report.ratios(model)
+    assert model["ratios"]["a_vs_keras"] == pytest.approx(100 / 95, abs=1e-3)
+    assert model["ratios"]["a_keras_way"] == "jit_stateless_call"
+    result = {"models": {"resnet50": model}, "machine": {"backend": "gpu"}, "params": {"image_size": 224},
+              "loader": {"epoch_ratio_jpeg_over_pack": 5.0}}
+    verdicts = {t["key"]: t["pass"] for t in report.targets(result)}
+    assert verdicts == {"a_vs_keras": False, "b_cost": True, "c_cost": False, "f_pack": True, "a": False,
+                        "b": False, "c": False, "pack": True}
+
+
+def test_cli_has_bench():
+    from research.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--cases", "a", "--no-keras"])
+    assert args.quick and args.cases == "a" and args.no_keras

@@ -1,0 +1,14 @@
+"""Kornblith, Shlens & Le (CVPR 2019), supervised ResNet-50 on caltech101, linear evaluation: L-BFGS logistic
+regression on the pre_logits features of 224 px centre crops (method lbfgs), on the dataset's own train/test
+splits.
+
+Reported: 94.5% test accuracy (linear 94.5 / fine-tuned 93.3, as reprinted in SimCLR Table 8 and BYOL Table 3).
+Weights: torchvision ResNet-50 IMAGENET1K_V1 (resnet50-0676ba61.pth).
+
+    research reproduce kornblith_r50_linear_caltech101
+"""
+from research.experiments import recipes
+
+
+def get_config():
+    return recipes.kornblith_linear("caltech101", 94.5 / 100)

@@ -1,0 +1,49 @@
+"""Reproductions of published transfer-learning numbers: `configs/repro/NAME.py` files, found by name.
+
+Each file's `get_config()` says what the experiment is (`kind`: finetune or probe), where the number comes
+from, the number, and which weights and data it needs; `reproduce.run` does the rest. The files live in the
+source checkout beside the package, like configs/ and benchmarks/.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from research.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+REPRO_DIR = ROOT / "configs" / "repro"
+KINDS = ("finetune", "probe")
+METRICS = ("test_accuracy", "validation_accuracy")
+
+
+def names() -> list[str]:
+    """Every experiment, sorted."""
+    if not REPRO_DIR.is_dir():
+        raise UserError(f"no {REPRO_DIR}: research reproduce runs from a source checkout")
+    return sorted(p.stem for p in REPRO_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def get(name: str) -> ml_collections.ConfigDict:
+    """The experiment's config, checked; a UserError names the known ones for a typo."""
+    known = names()
+    if name not in known:
+        raise UserError(f"unknown experiment {name!r}; `research reproduce --list` shows the {len(known)} known")
+    path = REPRO_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"research_repro_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.name = name
+    config.doc = (module.__doc__ or "").strip()
+    _check(config, path)
+    return config
+
+
+def _check(config, path) -> None:
+    if config.kind not in KINDS or config.metric not in METRICS:
+        raise UserError(f"{path}: kind must be one of {KINDS} and metric one of {METRICS}")
+    if config.kind == "finetune" and not (ROOT / config.finetune.config).is_file():
+        raise UserError(f"{path}: its fine-tuning config {config.finetune.config} does not exist")

@@ -43,8 +43,27 @@ def cmd_features(args) -> None:
 
     result = dump(args.weights, args.data, args.tap, args.out, pool=args.pool, image_size=args.image_size,
                   resize=args.resize, batch_size=args.batch_size, buffer_size=args.buffer_size, split=args.split,
-                  dtype=args.dtype, overwrite=args.overwrite, workers=args.workers)
+                  dtype=args.dtype, overwrite=args.overwrite, workers=args.workers, shard=_shard(args.shard))
     print(result.summary())
+
+
+def _shard(text):
+    """`I/N` -> (I, N): this process's block of the records, for multi-host dumps."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard takes I/N, e.g. 0/2; got {text!r}") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard {text}: I must be in [0, N)")
+    return index, count
+
+
+def cmd_stitch(args) -> None:
+    from research.features import stitch
+
+    print(f"stitched {len(args.shards)} shards -> {stitch(args.out, args.shards, overwrite=args.overwrite)}")
 
 
 def add_features_parser(sub) -> None:
@@ -64,7 +83,15 @@ def add_features_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
     p.add_argument("--out", required=True, help="the .h5 file to write (OUT.partial until complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT, or restart a partial one")
+    p.add_argument("--shard", metavar="I/N", help="dump only block I of N of the records (one per host), then "
+                                                    "join the N files with `research stitch`")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("stitch", help="join the shard files of a multi-host features dump into one file")
+    p.add_argument("out", help="the .h5 file to write; its features are virtual datasets over the shards")
+    p.add_argument("shards", nargs="+", help="the shard files, in shard order (kept beside OUT)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_stitch)
 
 
 def cmd_probe(args) -> None:

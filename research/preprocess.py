@@ -17,6 +17,7 @@ DESCRIPTIONS = {
     "caffe": "RGB->BGR, minus BGR mean (103.939, 116.779, 123.68), no scaling",
     "torch": "RGB/255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)",
     "tflite": "RGB, minus 127, divided by 128 (TF-Lite's EfficientNet-Lite convention)",
+    "tf": "RGB/127.5 - 1, i.e. scaled to [-1, 1] (Keras' \"tf\" mode: MobileNet, MobileNetV2)",
 }
 
 
@@ -35,7 +36,11 @@ def tflite(images):
     return (images.astype(jnp.float32) - 127.0) / 128.0
 
 
-FUNCTIONS = {"caffe": caffe, "torch": torch, "tflite": tflite}
+def tf(images):
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+FUNCTIONS = {"caffe": caffe, "torch": torch, "tflite": tflite, "tf": tf}
 
 
 def apply(name: str, images):

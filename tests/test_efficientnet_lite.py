@@ -12,7 +12,7 @@ import pytest
 
 import research
 from research import UserError, parity, weights
-from research.models import ModelSpec, efficientnet
+from research.models import ModelSpec, efficientnet, layers
 from research.weights import efficientnet_lite
 from research.weights.torch_reader import read_state_dict
 from tests.conftest import GOLDEN
@@ -165,7 +165,7 @@ def test_bfloat16_is_close_to_float32(bundle, named_photos, out224):
 
 
 def test_same_padding_is_tensorflows():
-    pad = efficientnet.conv_padding
+    pad = layers.conv_padding
     assert pad((224, 224), 3, 2, "same") == ((0, 1), (0, 1))  # stride 2, even size: the extra pixel bottom/right
     assert pad((14, 14), 5, 2, "same") == ((1, 2), (1, 2))
     assert pad((7, 7), 3, 2, "same") == ((1, 1), (1, 1))

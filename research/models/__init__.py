@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import efficientnet, layers, resnet, vgg
+from research.models import efficientnet, layers, mobilenet, resnet, vgg
 from research.models.layers import HeadSpec
 
 LAYOUTS = ("keras", "torchvision")
@@ -24,6 +24,7 @@ ARCHS = {
     **{name: ("vgg", LAYOUTS if name in ("vgg16", "vgg19") else ("torchvision",)) for name in vgg.BLOCK_DEPTHS},
     **{f"{name}_bn": ("vgg", ("torchvision",)) for name in vgg.BLOCK_DEPTHS},
     **{name: ("efficientnet", ("efficientnet_pytorch",)) for name in efficientnet.VARIANTS},
+    **{name: ("mobilenet", ("keras",)) for name in mobilenet.VARIANTS},
 }
 
 
@@ -58,6 +59,8 @@ class ModelSpec:
             taps = resnet.TAPS[:-1]
         elif self.family == "efficientnet":
             taps = efficientnet.TAPS[:-1]
+        elif self.family == "mobilenet":
+            taps = mobilenet.TAPS[:-1]
         else:
             taps = vgg.TAPS[:5] + (vgg.TAPS[5:7] if self.include_top else ())
         return taps + (("logits",) if self.num_classes else ())
@@ -93,6 +96,8 @@ class ModelSpec:
             return resnet.ResNet(stages, bottleneck, self.layout, **common)
         if self.family == "efficientnet":
             return efficientnet.EfficientNetLite(efficientnet.VARIANTS[self.arch], self.layout, **common)
+        if self.family == "mobilenet":
+            return mobilenet.MobileNet(self.arch, self.layout, **common)
         base = self.arch.removesuffix("_bn")
         return vgg.VGG(vgg.BLOCK_DEPTHS[base], self.arch.endswith("_bn"), self.layout, self.include_top, **common)
 
@@ -106,6 +111,8 @@ class ModelSpec:
     @property
     def bn_settings(self) -> tuple:
         bn = efficientnet.BN_SETTINGS if self.family == "efficientnet" else layers.BN_SETTINGS[self.layout]
+        if self.family == "mobilenet":
+            bn = mobilenet.BN_SETTINGS[self.arch]
         return tuple(sorted(bn.items()))
 
     def to_dict(self) -> dict:

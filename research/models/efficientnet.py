@@ -35,28 +35,11 @@ VARIANTS = {"efficientnet_lite0": LITE0_STAGES}
 
 # EfficientNet-PyTorch (and TF): BN epsilon 1e-3, torch momentum 0.01, i.e. Flax momentum 0.99.
 BN_SETTINGS = dict(epsilon=1e-3, momentum=0.99)
-PADDINGS = ("same", "symmetric")
+PADDINGS = layers.PADDINGS
 # The padding each layout's weights were trained with.
 LAYOUT_PADDING = {"efficientnet_pytorch": "same"}
 DROPOUT = 0.2  # before the classifier, in training
 DROP_CONNECT = 0.2  # stochastic depth of the residual branches, growing linearly to this at the last block
-
-
-def conv_padding(size: Sequence[int], kernel: int, stride: int, mode: str):
-    """Explicit ((top, bottom), (left, right)) padding for a square conv on an input of spatial `size`."""
-    if mode == "symmetric":
-        return layers.pad(kernel // 2)
-    if mode != "same":
-        raise ValueError(f"unknown padding {mode!r}; known: {', '.join(PADDINGS)}")
-    out = []
-    for n in size:
-        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
-        out.append((total // 2, total - total // 2))
-    return tuple(out)
-
-
-def relu6(x):
-    return jnp.minimum(nn.relu(x), 6.0)
 
 
 class MBConv(nn.Module):
@@ -77,12 +60,12 @@ class MBConv(nn.Module):
         hidden = x.shape[-1] * self.expand_ratio
         if self.expand_ratio != 1:
             x = self.conv(hidden, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
-            x = relu6(self.norm(name="expand_bn")(x))
+            x = layers.relu6(self.norm(name="expand_bn")(x))
         k, s = self.kernel, self.stride
-        x = self.conv(hidden, (k, k), (s, s), padding=conv_padding(x.shape[1:3], k, s, self.padding),
+        x = self.conv(hidden, (k, k), (s, s), padding=layers.conv_padding(x.shape[1:3], k, s, self.padding),
                       feature_group_count=hidden, dtype=jnp.float32,  # float32: see EfficientNetLite._partials
                       name="depthwise_conv")(x)
-        x = relu6(self.norm(name="depthwise_bn")(x))
+        x = layers.relu6(self.norm(name="depthwise_bn")(x))
         x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
         x = self.norm(name="project_bn")(x)
         if self.stride == 1 and residual.shape[-1] == self.features:
@@ -125,7 +108,7 @@ class EfficientNetLite(nn.Module):
         got = layers.TapCollector(taps)
 
         x = x.astype(self.dtype)
-        x = Stem(padding, conv, norm, name="stem")(x)
+        x = layers.ConvBN(STEM_FEATURES, 3, 2, padding, conv, norm, name="stem")(x)
         if got.add("stem", x):
             return got.out
         total = sum(stage[4] for stage in self.stages)
@@ -138,7 +121,7 @@ class EfficientNetLite(nn.Module):
             index += repeats
             if got.add(f"stage{s}", x):
                 return got.out
-        x = Top(conv, norm, name="top")(x)
+        x = layers.ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
         if got.add("head", x):
             return got.out
         x = jnp.mean(x, axis=(1, 2))
@@ -147,18 +130,6 @@ class EfficientNetLite(nn.Module):
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         got.add("logits", layers.LinearHead(self.num_classes, self.dtype, name="head")(x))
         return got.out
-
-
-class Stem(nn.Module):
-    padding: str
-    conv: Any
-    norm: Any
-
-    @nn.compact
-    def __call__(self, x):
-        x = self.conv(STEM_FEATURES, (3, 3), (2, 2), padding=conv_padding(x.shape[1:3], 3, 2, self.padding),
-                      name="conv")(x)
-        return relu6(self.norm(name="bn")(x))
 
 
 class Stage(nn.Module):
@@ -179,14 +150,3 @@ class Stage(nn.Module):
             x = MBConv(self.expand_ratio, self.kernel, self.stride if j == 0 else 1, self.features, self.padding,
                        self.drop_connect[j], self.train, self.conv, self.norm, name=f"block{j + 1}")(x)
         return x
-
-
-class Top(nn.Module):
-    """The 1x1 conv to 1280 channels, BN and ReLU6: the `head` tap."""
-    conv: Any
-    norm: Any
-
-    @nn.compact
-    def __call__(self, x):
-        x = self.conv(TOP_FEATURES, (1, 1), padding=layers.pad(0), name="conv")(x)
-        return relu6(self.norm(name="bn")(x))

@@ -28,6 +28,45 @@ def conv_partial(dtype: Any, use_bias: bool):
     return functools.partial(nn.Conv, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32)
 
 
+PADDINGS = ("same", "symmetric")
+
+
+def conv_padding(size, kernel: int, stride: int, mode: str = "same"):
+    """Explicit ((top, bottom), (left, right)) padding for a square conv on an input of spatial `size`.
+
+    "same" is TF's SAME, whose extra pixel for stride 2 goes bottom/right (TF-trained weights need it);
+    "symmetric" is kernel // 2 on every side, as torch pads."""
+    if mode == "symmetric":
+        return pad(kernel // 2)
+    if mode != "same":
+        raise ValueError(f"unknown padding {mode!r}; known: {', '.join(PADDINGS)}")
+    out = []
+    for n in size:
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        out.append((total // 2, total - total // 2))
+    return tuple(out)
+
+
+def relu6(x):
+    return jnp.minimum(nn.relu(x), 6.0)
+
+
+class ConvBN(nn.Module):
+    """Conv, BatchNorm, ReLU6: the stems and tops of EfficientNet-Lite and MobileNet (params `conv`, `bn`)."""
+    features: int
+    kernel: int
+    stride: int
+    padding: str
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+                      padding=conv_padding(x.shape[1:3], self.kernel, self.stride, self.padding), name="conv")(x)
+        return relu6(self.norm(name="bn")(x))
+
+
 class BatchNorm(nn.BatchNorm):
     """BatchNorm that stays in inference mode, on its running statistics, where its path is frozen.
 

@@ -26,8 +26,9 @@ MODULES = {
     "resnet": ("stem", "stage1", "stage2", "stage3", "stage4", "head"),
     "vgg": ("block1", "block2", "block3", "block4", "block5", "fc1", "fc2", "head"),
     "efficientnet": ("stem", *(f"stage{i}" for i in range(1, 8)), "top", "head"),
+    "mobilenet": ("stem", *(f"stage{i}" for i in range(1, 6)), "top", "head"),  # only v2 has `top`
 }
-TOP_BLOCK = {"resnet": "stage4", "vgg": "block5", "efficientnet": "stage7"}
+TOP_BLOCK = {"resnet": "stage4", "vgg": "block5", "efficientnet": "stage7", "mobilenet": "stage5"}
 
 
 def tap_module(family: str, tap: str) -> str:

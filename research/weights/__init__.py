@@ -17,6 +17,8 @@ PICKLE_PROTOCOL_2_PLUS = b"\x80"
 # source -> (converter, the preprocessing its ImageNet weights were trained with)
 SOURCES = {"keras": (keras, "caffe"), "torchvision": (torchvision, "torch"),
            efficientnet_lite.SOURCE: (efficientnet_lite, efficientnet_lite.PREPROCESSING)}
+# Keras' applications differ in preprocessing by family (caffe otherwise): family -> preprocessing.
+KERAS_PREPROCESSING = {"mobilenet": "tf"}
 
 
 def sniff(path) -> str:
@@ -54,6 +56,8 @@ def convert(path, arch: str | None = None) -> tuple[ModelSpec, dict, dict]:
         raise UserError(f"{path} is already converted")
     module, preprocessing = SOURCES[source]
     spec, flat, unplaced = module.convert(path)
+    if source == "keras":
+        preprocessing = KERAS_PREPROCESSING.get(spec.family, preprocessing)
     if arch and arch != spec.arch:
         raise UserError(f"{path.name} holds {spec.arch} ({spec.layout} layout), not {arch}")
     variables = mapping.assemble(flat, spec, path.name, unplaced)

@@ -96,8 +96,26 @@ def detect(layers: dict, path) -> ModelSpec:
         return ModelSpec(DEPTH_BY_STAGE3_BLOCKS[blocks], "keras", top, num_classes)
     if "block1_conv1" in names:
         return ModelSpec("vgg19" if "block5_conv4" in names else "vgg16", "keras", top, num_classes)
+    if "conv_dw_1" in names or "block_1_expand" in names:
+        return _detect_mobilenet(layers, path)
     sample = ", ".join(sorted(names)[:5])
-    raise UserError(f"{path}: not a Keras ResNet50/101/152 or VGG16/19 weight file (layers: {sample}, ...)")
+    raise UserError(f"{path}: not a Keras ResNet50/101/152 or VGG16/19 weight file, nor a MobileNet/MobileNetV2 "
+                    f"one (layers: {sample}, ...)")
+
+
+# MobileNet v1 / v2 with alpha 1.0: (arch, top layer, layers whose output channels alpha scales, and their width).
+MOBILENET_WIDTHS = {"conv_dw_1": ("mobilenet_v1", "conv_preds", {"conv1": 32, "conv_pw_13": 1024}),
+                    "block_1_expand": ("mobilenet_v2", "predictions", {"Conv1": 32, "block_16_project": 320})}
+
+
+def _detect_mobilenet(layers: dict, path) -> ModelSpec:
+    arch, top_layer, widths = next(v for k, v in MOBILENET_WIDTHS.items() if k in layers)
+    got = {name: layers[name][0].shape[-1] if name in layers else None for name in widths}
+    if got != widths:
+        raise UserError(f"{path}: a Keras {arch} file of another width (output channels {got}, expected {widths}); "
+                        "only alpha 1.0 is supported")
+    top = top_layer in layers
+    return ModelSpec(arch, "keras", top, layers[top_layer][0].shape[-1] if top else 0)
 
 
 # Keras' ResNet layer names (keras.applications.resnet): conv{stage + 1}_block{n}_{k}_conv; _0_ is the shortcut.
@@ -120,11 +138,42 @@ def vgg_names(arch: str) -> dict[str, tuple[str, str]]:
     return table
 
 
+# Keras' MobileNet layer names, by the Keras block id `i` (v1 from 1, v2 from 0; v2's block 0 is
+# `expanded_conv`): layer -> (our module within the block, kind).
+MOBILENET_BLOCK_NAMES = {
+    "mobilenet_v1": {"conv_dw_{i}": ("depthwise_conv", "depthwise"), "conv_dw_{i}_bn": ("depthwise_bn", "bn"),
+                     "conv_pw_{i}": ("pointwise_conv", "conv"), "conv_pw_{i}_bn": ("pointwise_bn", "bn")},
+    "mobilenet_v2": {"{p}_expand": ("expand_conv", "conv"), "{p}_expand_BN": ("expand_bn", "bn"),
+                     "{p}_depthwise": ("depthwise_conv", "depthwise"), "{p}_depthwise_BN": ("depthwise_bn", "bn"),
+                     "{p}_project": ("project_conv", "conv"), "{p}_project_BN": ("project_bn", "bn")},
+}
+MOBILENET_OTHER_NAMES = {
+    "mobilenet_v1": {"conv1": ("stem/conv", "conv"), "conv1_bn": ("stem/bn", "bn"),
+                     "conv_preds": ("head/fc", "conv_dense")},
+    "mobilenet_v2": {"Conv1": ("stem/conv", "conv"), "bn_Conv1": ("stem/bn", "bn"), "Conv_1": ("top/conv", "conv"),
+                     "Conv_1_bn": ("top/bn", "bn"), "predictions": ("head/fc", "dense")},
+}
+
+
+def mobilenet_names(arch: str) -> dict[str, tuple[str, str]]:
+    from research.models import mobilenet
+
+    table = dict(MOBILENET_OTHER_NAMES[arch])
+    for i, stage, block in mobilenet.keras_blocks(arch):
+        prefix = f"block_{i}" if i else "expanded_conv"
+        for name, (module, kind) in MOBILENET_BLOCK_NAMES[arch].items():
+            table[name.format(i=i, p=prefix)] = (f"stage{stage}/block{block}/{module}", kind)
+    return table
+
+
+NAME_TABLES = {"resnet": resnet_names, "vgg": vgg_names, "mobilenet": mobilenet_names}
+
+
 def convert(path):
     """-> (detected spec, flat leaves, names of file layers with no place in the model)."""
     layers = read_layers(path)
     spec = detect(layers, path)
-    table = resnet_names(spec.arch) if spec.family == "resnet" else vgg_names(spec.arch)
+    table = NAME_TABLES[spec.family](spec.arch)
     flat, unplaced = {}, []
     for name, weights in layers.items():
         if name not in table:

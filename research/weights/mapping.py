@@ -39,8 +39,23 @@ def bn_leaves(path: str, scale, bias, mean, var) -> dict:
     return {_leaf(path, col, name): value for (col, name), value in zip(BN_LEAVES, (scale, bias, mean, var))}
 
 
+def depthwise_leaves(path: str, kernel) -> dict:
+    """Keras' DepthwiseConv2D kernel (k, k, C, 1) as Flax's grouped conv kernel (k, k, 1, C)."""
+    k1, k2, channels, multiplier = kernel.shape
+    if multiplier != 1:
+        raise UserError(f"{path}: a depthwise kernel {kernel.shape} with depth multiplier {multiplier}; "
+                        "only 1 is supported")
+    return {_leaf(path, "params", "kernel"): kernel.reshape(k1, k2, 1, channels)}
+
+
+def conv_dense_leaves(path: str, kernel, bias) -> dict:
+    """A 1x1 conv with bias applied to a 1x1 map (Keras MobileNet's `conv_preds`) as a dense layer."""
+    return dense_leaves(path, kernel.reshape(-1, kernel.shape[-1]), bias)
+
+
 # Leaf builders by kind, and how many tensors each takes (in the source's order).
-KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,))}
+KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,)),
+         "depthwise": (depthwise_leaves, (1,)), "conv_dense": (conv_dense_leaves, (2,))}
 
 
 def leaves(kind: str, path: str, tensors, where: str) -> dict:

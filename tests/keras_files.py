@@ -79,3 +79,32 @@ def write(model, path, style: str) -> None:
 
 def suffix(style: str) -> str:
     return {"weights.h5": ".weights.h5", "keras": ".keras"}.get(style, ".h5")
+
+
+def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, expected: dict) -> None:
+    """Writes `model` in each style and loads it back: every style must give the spec fields in `expected` and
+    the same variables as the first, and the first must match Keras' `reference` outputs at every tap."""
+    import jax
+
+    import research
+    from research import parity
+
+    first = None
+    for style in styles:
+        path = tmp_path / f"{arch}_{style.replace('.', '_')}{suffix(style)}"
+        write(model, path, style)
+        bundle = research.load(path)
+        got = {"preprocessing": bundle.preprocessing, **{k: getattr(bundle.spec, k) for k in expected
+                                                          if k != "preprocessing"}}
+        assert got == expected, style
+        if first is None:
+            first = bundle
+            assert set(reference) == set(bundle.spec.taps)
+            out = bundle.features(images, taps=list(reference))
+            for tap, ref in reference.items():
+                err = parity.relative_error(out[tap], ref)
+                assert err <= parity.FLOAT32, f"{style} {tap}: relative error {err:.2e}"
+        else:
+            same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
+            assert all(jax.tree.leaves(same)), f"{style} converts differently from {styles[0]}"
+        path.unlink()

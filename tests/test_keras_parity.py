@@ -6,12 +6,9 @@ Keras' own at every tap, pre-softmax logits included.
 """
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
-import research
-from research import parity
 from tests import keras_files
 from tests.conftest import resize
 
@@ -61,22 +58,5 @@ def test_matches_keras_at_every_tap(name, include_top, size, styles, photos, tmp
     images = resize(photos, size)
     reference = keras_outputs(model, images)
 
-    first = None
-    for style in styles:
-        path = tmp_path / f"{name.lower()}_{style.replace('.', '_')}{keras_files.suffix(style)}"
-        keras_files.write(model, path, style)
-        bundle = research.load(path)
-        assert (bundle.spec.arch, bundle.spec.layout, bundle.spec.include_top) == (name.lower(), "keras",
-                                                                                  include_top), style
-        assert bundle.preprocessing == "caffe"
-        if first is None:
-            first = bundle
-            assert set(reference) == set(bundle.spec.taps)
-            out = bundle.features(images, taps=list(reference))
-            for tap, ref in reference.items():
-                err = parity.relative_error(out[tap], ref)
-                assert err <= parity.FLOAT32, f"{style} {tap}: relative error {err:.2e}"
-        else:
-            same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
-            assert all(jax.tree.leaves(same)), f"{style} converts differently from {styles[0]}"
-        path.unlink()
+    expected = {"arch": name.lower(), "layout": "keras", "include_top": include_top, "preprocessing": "caffe"}
+    keras_files.check_styles(model, name.lower(), styles, images, reference, tmp_path, expected)

@@ -7,12 +7,10 @@ SAME disagree.
 """
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
 import research
-from research import parity
 from research.errors import UserError
 from tests import keras_files
 from tests.conftest import resize
@@ -60,25 +58,9 @@ def test_matches_keras_at_every_tap(name, arch, include_top, size, photos, tmp_p
     images = resize(photos, size)
     reference = keras_outputs(model, arch, images)
 
-    first = None
-    for style in STYLES:
-        path = tmp_path / f"{arch}_{style.replace('.', '_')}{keras_files.suffix(style)}"
-        keras_files.write(model, path, style)
-        bundle = research.load(path)
-        assert (bundle.spec.arch, bundle.spec.layout, bundle.spec.include_top) == (arch, "keras", include_top)
-        assert bundle.spec.num_classes == (1000 if include_top else 0)
-        assert bundle.preprocessing == "tf"
-        if first is None:
-            first = bundle
-            assert set(reference) == set(bundle.spec.taps)
-            out = bundle.features(images, taps=list(reference))
-            for tap, ref in reference.items():
-                err = parity.relative_error(out[tap], ref)
-                assert err <= parity.FLOAT32, f"{style} {tap}: relative error {err:.2e}"
-        else:
-            same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
-            assert all(jax.tree.leaves(same)), f"{style} converts differently from {STYLES[0]}"
-        path.unlink()
+    expected = {"arch": arch, "layout": "keras", "include_top": include_top,
+                "num_classes": 1000 if include_top else 0, "preprocessing": "tf"}
+    keras_files.check_styles(model, arch, STYLES, images, reference, tmp_path, expected)
 
 
 def test_other_widths_are_refused(tmp_path):

@@ -6,21 +6,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+
+from research.experiments.smoke import class_folders
 
 
 def make_dataset(root: Path, classes: int = 3, per_class: int = 8, size: int = 32, seed: int = 0) -> Path:
     """Class folders of PNGs whose colour says the class, with noise, so a model can learn them quickly."""
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        folder = root / f"class{c}"
-        folder.mkdir(parents=True, exist_ok=True)
-        base = np.zeros(3)
-        base[c % 3] = 200
-        for i in range(per_class):
-            image = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
+    return class_folders(root, classes, per_class, size, seed=seed)
 
 
 def make_weights(out: Path, arch: str = "resnet18", seed: int = 0, **spec_fields) -> Path:

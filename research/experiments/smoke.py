@@ -91,19 +91,22 @@ def dataset(root: Path, split_tree: bool = False, classes: int = 3, per_class: i
     `split_tree` train/ and test/ folders of them (a quarter of each class in test); made once, then reused."""
     root = Path(root)
     if not split_tree:
-        return _class_folders(root, classes, per_class, size, range(per_class))
+        return class_folders(root, classes, per_class, size, range(per_class))
     n_test = per_class // 4
-    _class_folders(root / "test", classes, per_class, size, range(n_test))
-    _class_folders(root / "train", classes, per_class, size, range(n_test, per_class))
+    class_folders(root / "test", classes, per_class, size, range(n_test))
+    class_folders(root / "train", classes, per_class, size, range(n_test, per_class))
     return root
 
 
-def _class_folders(root: Path, classes: int, per_class: int, size: int, keep) -> Path:
+def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None, seed: int = 0) -> Path:
+    """Class folders of PNGs whose colour says the class, with noise, so a model learns them in a few steps.
+    `keep` picks which of each class's `per_class` images are written (all by default)."""
     from PIL import Image
 
     if (root / f"class{classes - 1}").is_dir():
         return root
-    rng = np.random.default_rng(0)
+    keep = range(per_class) if keep is None else keep
+    rng = np.random.default_rng(seed)
     for c in range(classes):
         folder = root / f"class{c}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from research.errors import UserError
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # research.data.resize's filters
+
 
 def cmd_convert(args) -> None:
     from research import load, preprocess
@@ -43,7 +45,8 @@ def cmd_features(args) -> None:
 
     result = dump(args.weights, args.data, args.tap, args.out, pool=args.pool, image_size=args.image_size,
                   resize=args.resize, batch_size=args.batch_size, buffer_size=args.buffer_size, split=args.split,
-                  dtype=args.dtype, overwrite=args.overwrite, workers=args.workers, shard=_shard(args.shard))
+                  dtype=args.dtype, overwrite=args.overwrite, workers=args.workers, shard=_shard(args.shard),
+                  interpolation=args.interpolation)
     print(result.summary())
 
 
@@ -76,6 +79,8 @@ def add_features_parser(sub) -> None:
     p.add_argument("--image-size", type=int, help="the side N of the model input (default 224; a pack's own)")
     p.add_argument("--resize", choices=["direct", "shorter_center_crop"],
                    help="default: shorter_center_crop for torch-preprocessed weights, direct for caffe")
+    p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS,
+                   help="the resize filter (default bilinear; Keras' load_img and flow_from_directory use nearest)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--buffer-size", type=int, default=1000, help="rows flushed to disk at least this often")
     p.add_argument("--split", choices=["train", "validation", "test"], help="one given split (default: all)")
@@ -276,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, required=True, help="the side N of the stored NxN images")
     p.add_argument("--resize", default="direct", choices=["direct", "shorter_center_crop"],
                    help="direct (Keras) or shorter side to N/0.875 then centre crop (torchvision)")
-    p.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear", "bicubic", "lanczos"])
+    p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS)
     p.add_argument("--split-test", type=float, default=0.0, help="fraction of each class to put in test")
     p.add_argument("--split-val", type=float, default=0.0, help="fraction of each class to put in validation")
     p.add_argument("--seed", type=int, default=0, help="the seed of the split")

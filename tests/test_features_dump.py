@@ -135,15 +135,18 @@ def test_incomplete_file_is_never_read_as_complete(vgg, folder, tmp_path):
         read(out)
 
 
-def test_pooling_is_taken_over_the_nhwc_tap(resnet18, folder, tmp_path):
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])  # nearest: Keras' load_img default
+def test_pooling_is_taken_over_the_nhwc_tap(resnet18, folder, tmp_path, interpolation):
     source = open_data(folder)
-    images = np.stack([np.asarray(Image.open(folder / p).convert("RGB").resize((32, 32), Image.BILINEAR))
+    pil = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[interpolation]
+    images = np.stack([np.asarray(Image.open(folder / p).convert("RGB").resize((32, 32), pil))
                        for p in source.paths[:4]])
     ref = np.asarray(resnet18.features(images, ["stage3"])["stage3"])  # (4, 2, 2, 256), NHWC
     expected = {"flatten": ref.reshape(4, -1), "avg": ref.mean(axis=(1, 2)), "max": ref.max(axis=(1, 2))}
     for pool, want in expected.items():
         got = read(dump(resnet18, folder, ["stage3"], tmp_path / f"{pool}.h5", pool=pool, image_size=32,
-                        resize="direct", batch_size=4).out)
+                        resize="direct", batch_size=4, interpolation=interpolation).out)
+        assert got["attrs"]["interpolation"] == interpolation
         np.testing.assert_allclose(got["features"]["stage3"][:4], want, rtol=1e-5, atol=1e-5)
 
 

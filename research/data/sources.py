@@ -24,6 +24,7 @@ import numpy as np
 
 from research.data.decode import decode_image
 from research.data.splits import SPLITS
+from research import h5
 from research.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -197,20 +198,11 @@ def open_pack(path: Path, spec: str) -> Source:
                 raise UserError(f"{path} is an HDF5 file but not a pack written by `research pack`")
             if not f.attrs.get("complete", False):
                 raise UserError(f"{path} is an incomplete pack (its writing was interrupted); write it again")
-            attrs = {k: _attr(v) for k, v in f.attrs.items()}
-            names = tuple(s.decode() if isinstance(s, bytes) else s for s in f["label_names"][()])
-            paths = tuple(s.decode() if isinstance(s, bytes) else s for s in f["paths"][()])
+            attrs = {k: h5.plain(v) for k, v in f.attrs.items()}
+            names, paths = tuple(h5.strings(f["label_names"])), tuple(h5.strings(f["paths"]))
             labels = f["labels"][()].astype(np.int32)
             split = f["split"][()].astype(np.int8) if "split" in f else None
     except OSError as e:
         raise UserError(f"cannot read {path} as HDF5: {str(e).splitlines()[0]}") from e
     skipped = tuple(item["path"] for item in json.loads(attrs.get("skipped", "[]")))
     return Source(spec, "pack", path, names, paths, labels, split, skipped, attrs)
-
-
-def _attr(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

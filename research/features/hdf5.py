@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from research.errors import UserError
+from research.h5 import plain, strings
 
 FORMAT = "research.features"
 FORMAT_VERSION = 1
@@ -83,12 +84,12 @@ def check(f, path) -> dict:
 
 def _truthy(flag) -> bool:
     """True, 1 or "true": writers differ in how they store a flag."""
-    return flag is True or flag == 1 or str(_plain(flag)).lower() == "true"
+    return flag is True or flag == 1 or str(plain(flag)).lower() == "true"
 
 
 def attributes(f) -> dict:
     """Attributes as Python values; the JSON-valued ones (named in `json_attrs`) decoded."""
-    out = {k: _plain(v) for k, v in f.attrs.items()}
+    out = {k: plain(v) for k, v in f.attrs.items()}
     for key in json.loads(out.get("json_attrs", "[]")):
         out[key] = json.loads(out[key])
     return out
@@ -105,21 +106,9 @@ def write_attrs(node, values: dict) -> None:
         node.attrs["json_attrs"] = json.dumps(sorted(set(previous) | set(encoded)))
 
 
-def strings(dataset) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else s for s in dataset[()]]
-
-
 def chunk_rows(width: int, itemsize: int) -> int:
     """Rows per chunk: about a MiB, at least one."""
     return max(1, CHUNK_BYTES // max(1, width * itemsize))
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def is_complete(path) -> bool:

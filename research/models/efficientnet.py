@@ -128,7 +128,7 @@ class EfficientNetLite(nn.Module):
         if got.add("pre_logits", x) or not self.num_classes:
             return got.out
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        got.add("logits", layers.LinearHead(self.num_classes, self.dtype, name="head")(x))
+        got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
         return got.out
 
 

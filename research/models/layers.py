@@ -19,8 +19,6 @@ BN_SETTINGS = {
     "keras": dict(epsilon=1.001e-5, momentum=0.99),
     "torchvision": dict(epsilon=1e-5, momentum=0.9),
 }
-# Keras' VGG has BatchNorm nowhere; its models use the Keras default epsilon where they do.
-KERAS_DEFAULT_BN = dict(epsilon=1e-3, momentum=0.99)
 
 
 def conv_partial(dtype: Any, use_bias: bool):
@@ -176,9 +174,6 @@ class Head(nn.Module):
             if not last:
                 x = nn.relu(x)
         return x
-
-
-LinearHead = Head  # the linear case: Head(num_classes, dtype) has only `fc`
 
 
 class TapCollector:

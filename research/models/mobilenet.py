@@ -82,7 +82,8 @@ class V1Block(nn.Module):
     @nn.compact
     def __call__(self, x):
         padding = V1_STRIDE2_PAD if self.stride == 2 else layers.pad(1)
-        x = layers.relu6(self.norm(name="depthwise_bn")(depthwise(self.conv, x, self.stride, padding, "depthwise_conv")))
+        x = depthwise(self.conv, x, self.stride, padding, "depthwise_conv")
+        x = layers.relu6(self.norm(name="depthwise_bn")(x))
         x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="pointwise_conv")(x)
         return layers.relu6(self.norm(name="pointwise_bn")(x))
 
@@ -102,7 +103,8 @@ class V2Block(nn.Module):
             x = self.conv(x.shape[-1] * self.expansion, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
             x = layers.relu6(self.norm(name="expand_bn")(x))
         padding = correct_pad(x.shape[1:3], 3) if self.stride == 2 else layers.pad(1)
-        x = layers.relu6(self.norm(name="depthwise_bn")(depthwise(self.conv, x, self.stride, padding, "depthwise_conv")))
+        x = depthwise(self.conv, x, self.stride, padding, "depthwise_conv")
+        x = layers.relu6(self.norm(name="depthwise_bn")(x))
         x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
         x = self.norm(name="project_bn")(x)
         if self.stride == 1 and residual.shape[-1] == self.features:
@@ -162,5 +164,5 @@ class MobileNet(nn.Module):
             return got.out
         if version == 1:
             x = nn.Dropout(V1_DROPOUT, deterministic=not train)(x)
-        got.add("logits", layers.LinearHead(self.num_classes, self.dtype, name="head")(x))
+        got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
         return got.out

@@ -109,7 +109,7 @@ class ResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         if got.add("pre_logits", x) or not self.num_classes:
             return got.out
-        got.add("logits", layers.LinearHead(self.num_classes, self.dtype, name="head")(x))
+        got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
         return got.out
 
 

@@ -60,7 +60,7 @@ class VGG(nn.Module):
                 if self.layout == "torchvision":
                     x = nn.Dropout(0.5, deterministic=not train)(x)
         if self.num_classes:
-            got.add("logits", layers.LinearHead(self.num_classes, self.dtype, name="head")(x))
+            got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
         return got.out
 
 

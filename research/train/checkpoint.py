@@ -75,10 +75,6 @@ def _variables(state: dict) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def has_checkpoints(workdir) -> bool:
-    return any((Path(workdir) / name).is_dir() for name in (BEST, LATEST))
-
-
 def restore_variables(workdir) -> dict:
     """The best checkpoint's {params, batch_stats} as numpy, else the latest's: what research.load reads."""
     for name in (BEST, LATEST):

@@ -119,10 +119,6 @@ class Plan:
         """The multi_transform label tree, shaped like `params`."""
         return traverse_util.unflatten_dict({tuple(p.split("/")): label(self.rules[p]) for p in flat_paths(params)})
 
-    def trainable_mask(self, params):
-        return traverse_util.unflatten_dict(
-            {tuple(p.split("/")): self.rules[p] != FROZEN for p in flat_paths(params)})
-
     @property
     def trainable(self) -> frozenset:
         return frozenset(p for p, r in self.rules.items() if r != FROZEN)

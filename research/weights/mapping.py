@@ -69,8 +69,9 @@ def resnet_table(arch: str, names: dict[str, str], kinds: dict[str, str]) -> dic
     """A source's ResNet layer names -> (param path, kind), from that source's naming templates.
 
     `names` holds format strings: `stem_conv`, `stem_bn`, `head`, `block` (given the 1-based `stage` and
-    `block`, the 0-based `index`, and `group` = stage + 1 for sources that count the stem as group 1), and `conv`, `bn`, `downsample_conv`, `downsample_bn` (given the block's
-    source name `src` and the conv number `k`). `kinds` names the source's kind for `conv`, `bn` and `dense`.
+    `block`, the 0-based `index`, and `group` = stage + 1 for sources that count the stem as group 1), and
+    `conv`, `bn`, `downsample_conv`, `downsample_bn` (given the block's source name `src` and the conv number
+    `k`). `kinds` names the source's kind for `conv`, `bn` and `dense`.
     """
     from research.models import resnet
 

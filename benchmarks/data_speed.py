@@ -20,7 +20,6 @@ import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +143,9 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    names = ["research", "jax", "jaxlib", "numpy", "pillow", "grain", "h5py"]
-    return {n: metadata.version(n) for n in names}
+    from benchmarks import timing
+
+    return timing.versions(("research", "jax", "jaxlib", "numpy", "pillow", "grain", "h5py"))
 
 
 def summary(result: dict) -> str:

@@ -79,7 +79,8 @@ def random_variables(spec, seed: int) -> dict:
 def hlo_counts(compiled) -> dict:
     """Op counts in the optimised HLO: the evidence for whether a frozen backward was pruned."""
     text = compiled.as_text()
-    return {"convolution": text.count(" convolution("), "fusion": text.count(" fusion("),
+    cudnn = text.count('custom_call_target="__cudnn$conv')  # a GPU's convolutions, after compilation
+    return {"convolution": text.count(" convolution(") + cudnn, "fusion": text.count(" fusion("),
             "dot": text.count(" dot(")}
 
 

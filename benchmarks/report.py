@@ -156,7 +156,8 @@ def model_table(name: str, model: dict) -> list[str]:
 def markdown(result: dict) -> str:
     m, v, p = result["machine"], result["versions"], result["params"]
     peaks = ", ".join(f"{d} {x['tflop_per_s']} TFLOP/s ({x['size']}²)" for d, x in result.get("peak", {}).items())
-    lines = [f"## Benchmark {result['date']}", "", f"`{result['command']}`", "",
+    cut = "" if result.get("complete", True) else " (incomplete: the run stopped after the cases below)"
+    lines = [f"## Benchmark {result['date']}{cut}", "", f"`{result['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; JAX {m['backend']} "
              f"({m['device_kind']} x{m['device_count']}); load average {m['load_average_start']} at the start, "
              f"{m.get('load_average_end')} at the end. Matmul peak: {peaks or '—'}.", "",
@@ -166,7 +167,8 @@ def markdown(result: dict) -> str:
              f"forward again run in turn each repeat, so shared-machine load hits them alike and cost vs (a) comes "
              f"from that same race. Our inputs are device-resident uint8 with preprocessing inside the jitted "
              f"function (Keras jit the same; predict_on_batch takes host float32, train_on_batch device float32); "
-             f"random weights.", ""]
+             f"random weights." + (f" Our functions compile for CPU with XLA options {p['xla_cpu']} (research/xla.py); "
+                                   f"Keras gets XLA's defaults." if p.get("xla_cpu") else ""), ""]
     for name, model in result["models"].items():
         lines += model_table(name, model)
     if "loader" in result:

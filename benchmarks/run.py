@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, help="images for e/f (default: all of the data; 32 with --quick)")
     p.add_argument("--data", help="a class-folder tree for e/f (default ../shared/datasets/flowers17, else generated)")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras 3 peer")
+    p.add_argument("--xla-cpu", choices=["eigen", "default"], help="how our functions compile on CPU (research/xla.py): "
+                   "eigen, research's default, or XLA's own default (YNNPACK convolutions); the Keras peer always "
+                   "gets XLA's default")
     p.add_argument("--out", help="the JSON to write (default benchmarks/results/cpu_quick.json with --quick, "
                    "else benchmarks/results/<backend>.json); the .md goes beside it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")
@@ -58,10 +61,13 @@ def main(argv=None) -> int:
 def bench(args, command: str) -> Path:
     """Runs what `args` asks for and writes the JSON and markdown; returns the JSON's path."""
     import jax
+    from research import xla
 
+    if args.xla_cpu:
+        os.environ[xla.ENV] = args.xla_cpu
     options = resolve(args)
     out = output_path(args, jax.default_backend())
-    result = measure(options, command)
+    result = measure(options, command, save=lambda partial: write(partial, out))
     write(result, out)
     print(Path(out.with_suffix(".md")).read_text())
     print(f"-> {out}")
@@ -89,7 +95,15 @@ def resolve(args) -> dict:
             "image_size": args.image_size or base["image_size"], "batch": batches(args.batch_size, models,
                                                                                   base["batch"]),
             "repeats": args.repeats or base["repeats"], "images": args.images or base["images"],
-            "data": args.data, "keras": not args.no_keras}
+            "data": args.data, "keras": not args.no_keras, "xla_cpu": xla_cpu()}
+
+
+def xla_cpu() -> str | None:
+    """The CPU lowering our functions got (research/xla.py), or None off CPU."""
+    import jax
+    from research import xla
+
+    return f"{xla.cpu_mode()} {xla.options() or {}}" if jax.default_backend() == "cpu" else None
 
 
 def batches(text: str | None, models: list, default: int) -> dict:
@@ -125,24 +139,39 @@ def output_path(args, backend: str) -> Path:
     return out
 
 
-def measure(o: dict, command: str) -> dict:
-    from benchmarks import keras_peer, report, timing
+def measure(o: dict, command: str, save=None) -> dict:
+    """The whole result; `save(result)` also gets it after each case, marked incomplete, so a run cut short by a
+    time limit (the GPU script's) still leaves every case it finished."""
+    from benchmarks import keras_peer, timing
 
     result = {"benchmark": "bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": command, "machine": timing.machine(), "versions": timing.versions(),
               "params": {k: o[k] for k in ("quick", "cases", "models", "dtype", "image_size", "batch", "repeats",
-                                           "images", "keras")}, "peak": peaks(o), "models": {}, "notes": []}
+                                           "images", "keras", "xla_cpu")}, "peak": peaks(o), "models": {}, "notes": []}
     keras, why = keras_peer.load() if o["keras"] else (None, "peer off (--no-keras)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = data_cases(o, result, tmp) if set("ef") & set(o["cases"]) else None
         for name in o["models"]:
-            result["models"][name] = model_cases(name, o, result["peak"], keras, why, data, tmp)
+            def progress(model, name=name):
+                result["models"][name] = model
+                if save:
+                    save(summarise(result, complete=False))
+
+            model_cases(name, o, result["peak"], keras, why, data, tmp, progress)
         if "g" in o["cases"]:
             from benchmarks import pipeline
             result["probe"] = pipeline.probes(o["quick"], tmp)
+    return summarise(result, complete=True)
+
+
+def summarise(result: dict, complete: bool) -> dict:
+    """Ratios, targets and evidence derived from what has been measured so far."""
+    from benchmarks import report
+
     for model in result["models"].values():
         model["ratios"] = report.ratios(model)
+    result["complete"] = complete
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = report.targets(result)
     result["notes"] = report.evidence(result)
@@ -177,8 +206,8 @@ def data_cases(o: dict, result: dict, tmp: Path) -> dict:
     return {"jpeg": folder, "pack": tmp / "p.h5"}
 
 
-def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path) -> dict:
-    """Our cases a-d, each raced against its Keras twin, then f."""
+def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, progress) -> dict:
+    """Our cases a-d, each raced against its Keras twin, then f; `progress(model)` after each."""
     from benchmarks import keras_peer, models, timing
 
     batch = o["batch"][name]
@@ -187,7 +216,10 @@ def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path) -> 
     why = why or keras_peer.absent_reason(s.spec) or (None if set("abcd") & set(o["cases"]) else "no case a-d")
     peer = None if why else keras_peer.Peer(keras, s, models.CLASSES)
     cases, peer_cases, forward = {}, {}, models.forward(s)
-    for case in "abcd":
+    model = {"spec": s.spec.to_dict(), "preprocessing": s.preprocessing, "image_size": o["image_size"],
+             "batch": batch, "dtype": o["dtype"], "cases": cases, "keras": {"absent": why} if why else peer_cases}
+    # a first (the others' cost is relative to it), then the train steps in the order asked for
+    for case in "a" + "".join(c for c in o["cases"] if c in "bcd"):
         if case not in o["cases"] and not (case == "a" and "f" in o["cases"]):
             continue
         # a train step races our forward too, so its cost vs (a) is measured under the same load
@@ -200,10 +232,11 @@ def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path) -> 
         if "ours:a" in timed:
             cases[case]["a_same_race_img_per_s"] = timed.pop("ours:a")["img_per_s"]
         peer_cases.update({case: {k.removeprefix("keras:"): v for k, v in timed.items()}} if timed else {})
+        progress(model)
     if "f" in o["cases"]:
         cases.update(dump_cases(s, o, data, tmp, forward if o["dtype"] == "float32" else models.forward(s, "float32")))
-    return {"spec": s.spec.to_dict(), "preprocessing": s.preprocessing, "image_size": o["image_size"],
-            "batch": batch, "dtype": o["dtype"], "cases": cases, "keras": {"absent": why} if why else peer_cases}
+        progress(model)
+    return model
 
 
 def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:

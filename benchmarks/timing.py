@@ -6,6 +6,7 @@ call, then `repeats` calls each blocked on its result; we report the median and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -14,6 +15,7 @@ import time
 from importlib import metadata
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 
@@ -91,22 +93,39 @@ def first_call(call) -> float:
 
 
 def compile_aot(jitted, *args):
-    """(executable, compile seconds, FLOPs per call from XLA's cost analysis or None)."""
+    """(executable, compile seconds, convolution and matmul FLOPs per call)."""
+    traced = jitted.trace(*args)
     start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    compiled = traced.lower().compile()
     seconds = time.perf_counter() - start
-    return compiled, seconds, flops_of(compiled)
+    return compiled, seconds, matmul_flops(traced.jaxpr.jaxpr) or None
 
 
-def flops_of(compiled) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # some backends do not implement it; MFU is then left out
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    flops = (cost or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+def matmul_flops(jaxpr) -> float:
+    """FLOPs of the convolutions and matrix products in a jaxpr (2 per multiply-add), sub-jaxprs included: the
+    work MFU is measured by. Counted before XLA sees the program because XLA's cost analysis is per backend (on a
+    GPU the convolutions become cuDNN calls that it does not count, and the CUDA plugin does not answer at all)."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        out, name = eqn.outvars[0].aval, eqn.primitive.name
+        if name == "conv_general_dilated":
+            kernel, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
+            total += 2 * math.prod(out.shape) * math.prod(kernel[d] for d in spec[1:])
+        elif name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            total += 2 * math.prod(out.shape) * math.prod(eqn.invars[0].aval.shape[d] for d in contracting)
+        for sub in _subjaxprs(eqn.params):
+            total += matmul_flops(sub) * eqn.params.get("length", 1)  # a scan runs its body `length` times
+    return total
+
+
+def _subjaxprs(params: dict):
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                yield item
 
 
 def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
@@ -137,11 +156,11 @@ def machine() -> dict:
             "load_average_start": [round(x, 2) for x in load] if load else None}
 
 
-def versions() -> dict:
+def versions(names=("research", "jax", "jaxlib", "flax", "optax", "keras", "numpy", "scikit-learn")) -> dict:
     out = {"python": sys.version.split()[0]}
-    for name in ("research", "jax", "jaxlib", "flax", "optax", "keras", "numpy", "scikit-learn"):
+    for name in names:
         try:
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+        except metadata.PackageNotFoundError:  # e.g. research run from a checkout on PYTHONPATH
+            out[name] = getattr(sys.modules.get(name.replace("-", "_")), "__version__", None)
     return out

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import preprocess
+from research import preprocess, xla
 from research.errors import UserError
 from research.models import ModelSpec, heads
 from research.weights import store
@@ -17,17 +17,21 @@ from research.weights import store
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-@functools.lru_cache(maxsize=64)
-def forward_fn(spec: ModelSpec, taps: tuple[str, ...], dtype: str, preprocessing: str):
-    """One jitted forward per (spec, taps, dtype, preprocessing); jax caches it per input shape."""
+def forward_body(spec: ModelSpec, taps: tuple[str, ...], dtype: str, preprocessing: str):
+    """(variables, uint8 images) -> {tap: float32}, not jitted: for use inside another jitted function."""
     model = spec.build(DTYPES[dtype])
 
-    @jax.jit
     def forward(variables, images):
         out = model.apply(variables, preprocess.apply(preprocessing, images), train=False, taps=taps)
         return {name: value.astype(jnp.float32) for name, value in out.items()}
 
     return forward
+
+
+@functools.lru_cache(maxsize=64)
+def forward_fn(spec: ModelSpec, taps: tuple[str, ...], dtype: str, preprocessing: str):
+    """One jitted forward per (spec, taps, dtype, preprocessing); jax caches it per input shape."""
+    return xla.jit(forward_body(spec, taps, dtype, preprocessing))
 
 
 @dataclasses.dataclass

@@ -66,3 +66,36 @@ def test_cli_has_bench():
 
     args = build_parser().parse_args(["bench", "--quick", "--cases", "a", "--no-keras"])
     assert args.quick and args.cases == "a" and args.no_keras
+
+
+def test_a_run_cut_short_leaves_every_case_it_finished(tmp_path, monkeypatch):
+    """Each case is saved as it ends (the GPU script runs under time limits), marked incomplete until the end."""
+    saved = []
+    original = run.write
+    monkeypatch.setattr(run, "write", lambda result, out: (saved.append(json.loads(json.dumps(result, default=str))),
+                                                          original(result, out)))
+    out = tmp_path / "r.json"
+    assert run.main([*TINY, "--cases", "a,d,b", "--out", str(out)]) == 0
+    assert [list(s["models"]["resnet18:torchvision"]["cases"]) for s in saved] == [
+        ["a"], ["a", "d"], ["a", "d", "b"], ["a", "d", "b"]]  # a first, then the order asked for; then the end
+    assert [s["complete"] for s in saved] == [False, False, False, True]
+    assert "(incomplete" not in out.with_suffix(".md").read_text()
+    assert saved[-1]["params"]["xla_cpu"].startswith("eigen")
+
+
+def test_matmul_flops_are_counted_on_the_traced_program():
+    import jax
+    import jax.numpy as jnp
+    from benchmarks import timing
+
+    def net(w, x):
+        y = jax.lax.conv_general_dilated(x, w["conv"], (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(y.mean((1, 2)) @ w["dense"])
+
+    w = {"conv": jnp.ones((3, 3, 4, 8)), "dense": jnp.ones((8, 5))}
+    x = jnp.ones((2, 6, 6, 4))
+    conv, dense = 2 * (2 * 6 * 6 * 8) * (3 * 3 * 4), 2 * 2 * 5 * 8
+    assert timing.compile_aot(jax.jit(net), w, x)[2] == conv + dense
+    # the gradient of the weights adds one weight-gradient product per layer, and the dense layer's input gradient
+    assert timing.compile_aot(jax.jit(jax.grad(net)), w, x)[2] == 2 * conv + 3 * dense

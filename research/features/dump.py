@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import xla
 from research.data import loader
 from research.data.decode import SkipLog
 from research.data.resize import ResizePolicy
@@ -207,15 +208,15 @@ def pool_tap(value, pool: str):
 @functools.lru_cache(maxsize=32)
 def _pooled_forward(spec, taps, preprocessing, pool, dtype):
     """The bundle's forward with pooling and the storage cast fused in; one per (spec, taps, pool, dtype)."""
-    from research.bundle import forward_fn
+    from research.bundle import forward_body, forward_fn
 
-    forward = forward_fn(spec, taps, "float32", preprocessing)
+    forward = forward_body(spec, taps, "float32", preprocessing)
 
-    @jax.jit
+    @xla.jit
     def run(variables, images):
         return {t: pool_tap(v, pool).astype(STORE_DTYPES[dtype]) for t, v in forward(variables, images).items()}
 
-    return forward, run
+    return forward_fn(spec, taps, "float32", preprocessing), run
 
 
 class Runner:

@@ -11,6 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from research.errors import UserError
 
@@ -23,7 +24,30 @@ BN_SETTINGS = {
 
 def conv_partial(dtype: Any, use_bias: bool):
     """A Conv whose params stay float32 while it computes in `dtype`."""
-    return functools.partial(nn.Conv, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32)
+    return functools.partial(nn.Conv, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                             conv_general_dilated=conv_general_dilated)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated`, except for a plain NHWC convolution whose input is smaller than its kernel
+    (ResNet-50's 3x3 stage4 convs on 2x2 maps at 64 px). XLA:CPU rewrites those into a reversed-window form that
+    runs some 60x below its usual rate (67 ms against 4 ms for the same conv on 4x4 maps), so they are computed
+    as one matrix product over the kernel's shifted windows: the same sums, and a fast backward too."""
+    kernel = rhs.shape[:2]
+    plain = (dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+             and feature_group_count == 1 and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
+    if not (plain and max(kernel) > 1 and any(n < k for n, k in zip(lhs.shape[1:3], kernel))):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:3], kernel, window_strides)]
+    (sh, sw), (oh, ow) = window_strides, out
+    windows = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kernel[0])
+               for j in range(kernel[1])]
+    return jnp.dot(jnp.concatenate(windows, axis=-1), rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
 
 PADDINGS = ("same", "symmetric")

@@ -22,7 +22,7 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from research import preprocess
+from research import preprocess, xla
 from research.errors import UserError
 
 AXIS = "data"
@@ -116,7 +116,7 @@ def make_train_step(model, tx, trainable: frozenset, preprocessing: str, augment
                "step": state["step"] + 1}
         return new, {"loss": loss, "accuracy": accuracy}
 
-    return jax.jit(step, in_shardings=(replicated, batch, batch, replicated),
+    return xla.jit(step, in_shardings=(replicated, batch, batch, replicated),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
@@ -134,7 +134,7 @@ def make_eval_step(model, preprocessing: str, m: Mesh):
                 "count": jnp.sum(mask)}
         return sums, predictions
 
-    return jax.jit(step, in_shardings=(replicated, batch, batch, batch), out_shardings=(replicated, batch))
+    return xla.jit(step, in_shardings=(replicated, batch, batch, batch), out_shardings=(replicated, batch))
 
 
 @jax.jit

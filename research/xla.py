@@ -1,0 +1,55 @@
+"""The XLA options research's jitted model functions compile with, in one place.
+
+On CPU, jaxlib 0.10 hands convolutions to YNNPACK fusions by default. On the 2-core AMD EPYC we test and benchmark
+on, XLA's own Eigen convolutions run the same forwards faster, with the same results to float32 rounding:
+ResNet-50 at 224 px 1.48x (1.1x on one core; they also use the second core better), VGG-16 1.09-1.15x
+(benchmarks/results/cpu_lowering.md; train steps neither gain nor lose). So on CPU our functions opt out of
+YNNPACK; other backends are left as XLA sets them. `RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure on another CPU with
+`research bench --xla-cpu default`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+
+from research.errors import UserError
+
+ENV = "RESEARCH_XLA_CPU"
+CPU_MODES = {"eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}, "default": {}}
+log = logging.getLogger(__name__)
+
+
+def cpu_mode() -> str:
+    mode = os.environ.get(ENV, "eigen")
+    if mode not in CPU_MODES:
+        raise UserError(f"{ENV}={mode!r} is not one of {', '.join(CPU_MODES)}")
+    return mode
+
+
+def options() -> dict | None:
+    """`compiler_options` for jax.jit on the current default backend (None: XLA's defaults)."""
+    if jax.default_backend() != "cpu":
+        return None
+    wanted = CPU_MODES[cpu_mode()]
+    return dict(wanted) if wanted and _accepted(tuple(wanted.items())) else None
+
+
+@functools.cache
+def _accepted(items: tuple) -> bool:
+    """Whether this jaxlib knows the options: a newer one may rename them, and then XLA's defaults stand."""
+    try:
+        jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=dict(items))
+        return True
+    except Exception as e:  # XLA answers an unknown option with INVALID_ARGUMENT
+        log.warning("XLA rejected %s (%s); using its defaults", dict(items), str(e).splitlines()[0])
+        return False
+
+
+def jit(fun=None, **kwargs):
+    """`jax.jit` with `options()`; usable as a decorator, bare or with jit's keyword arguments."""
+    if fun is None:
+        return functools.partial(jit, **kwargs)
+    return jax.jit(fun, compiler_options=options(), **kwargs)

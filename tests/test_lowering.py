@@ -1,0 +1,97 @@
+"""The two CPU lowering choices: small-map convolutions as one matrix product (research/models/layers.py), and
+the XLA options our jitted functions compile with (research/xla.py). Both must leave the numbers unchanged."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from research import xla
+from research.errors import UserError
+from research.models import ModelSpec, layers
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def both(shape, kernel, stride, padding, groups=1, seed=0):
+    """(lax's output and grads, ours) for one convolution on random data."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[-1] // groups, 6)), jnp.float32)
+    numbers = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+
+    def run(conv, **kw):
+        f = lambda x, w: conv(x, w, (stride, stride), padding, dimension_numbers=numbers,  # noqa: E731
+                              feature_group_count=groups, **kw)
+        return f(x, w), jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1))(x, w)
+
+    return run(lax.conv_general_dilated, precision="highest"), run(layers.conv_general_dilated), (x, w, numbers)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 2, 2, 5), 3, 1, ((1, 1), (1, 1))),      # ResNet-50's stage4 at 64 px
+    ((2, 1, 1, 5), 3, 1, ((1, 1), (1, 1))),      # ... at 32 px
+    ((2, 2, 3, 5), 3, 2, ((1, 1), (1, 1))),      # torchvision's stride-2 3x3, a non-square map
+    ((2, 2, 2, 5), 3, 2, ((0, 1), (0, 1))),      # TF SAME for stride 2
+    ((2, 3, 5, 5), 7, 2, ((3, 3), (3, 3))),      # a stem on a tiny input
+    ((2, 2, 2, 5), 3, 1, "SAME"),
+])
+def test_small_map_conv_matches_lax_with_its_gradients(shape, kernel, stride, padding):
+    (ref, ref_grads), (got, grads), _ = both(shape, kernel, stride, padding)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
+
+
+def lowered_ops(shape, kernel, groups=1) -> str:
+    *_, (x, w, numbers) = both(shape, kernel, 1, ((1, 1), (1, 1)), groups)
+    fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers,
+                                                          feature_group_count=groups))
+    return fn.lower(x, w).as_text()
+
+
+def test_only_maps_smaller_than_the_kernel_become_a_matmul():
+    assert "convolution" not in lowered_ops((2, 2, 2, 4), 3) and "dot_general" in lowered_ops((2, 2, 2, 4), 3)
+    assert "convolution" in lowered_ops((2, 3, 3, 4), 3)  # as large as the kernel: XLA's fast path
+    assert "convolution" in lowered_ops((2, 2, 2, 4), 1)  # 1x1 kernels have no window to rewrite
+    assert "convolution" in lowered_ops((2, 2, 2, 4), 3, groups=2)  # grouped: left to lax
+
+
+def test_a_resnet_on_1x1_and_2x2_maps_matches_plain_lax_convs(monkeypatch):
+    spec = ModelSpec("resnet18", "torchvision", num_classes=5)
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    model = spec.build()
+    variables = model.init(jax.random.key(0), images)
+    ours = model.apply(variables, images, taps=("stage4", "logits"))
+    monkeypatch.setattr(layers, "conv_general_dilated", lax.conv_general_dilated)
+    plain = spec.build().apply(variables, images, taps=("stage4", "logits"))
+    assert ours["stage4"].shape[1:3] == (1, 1)
+    for tap in ours:
+        np.testing.assert_allclose(ours[tap], plain[tap], rtol=1e-5, atol=1e-5 * float(jnp.abs(plain[tap]).max()))
+
+
+def test_cpu_options_opt_out_of_ynnpack(monkeypatch):
+    monkeypatch.delenv(xla.ENV, raising=False)
+    assert xla.cpu_mode() == "eigen"
+    assert xla.options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    monkeypatch.setenv(xla.ENV, "default")
+    assert xla.options() is None
+    monkeypatch.setenv(xla.ENV, "fast")
+    with pytest.raises(UserError, match="RESEARCH_XLA_CPU='fast'"):
+        xla.options()
+
+
+def test_our_jitted_forward_compiles_with_the_options(monkeypatch):
+    from research.bundle import forward_body
+
+    monkeypatch.delenv(xla.ENV, raising=False)
+    spec = ModelSpec("resnet18", "torchvision", num_classes=5)
+    images = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+    variables = spec.build().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    compiled = xla.jit(forward_body(spec, ("logits",), "float32", "torch")).lower(variables, images).compile()
+    assert "__ynn_fusion" not in compiled.as_text()
+    with pytest.raises(ValueError, match="compiler_options"):  # why forward_body exists: no options when nested
+        jax.jit(lambda v, x: xla.jit(forward_body(spec, ("logits",), "float32", "torch"))(v, x))(variables, images)

@@ -4,8 +4,8 @@ On CPU, jaxlib 0.10 hands convolutions to YNNPACK fusions by default. On the 2-c
 on, XLA's own Eigen convolutions run the same forwards faster, with the same results to float32 rounding:
 ResNet-50 at 224 px 1.48x (1.1x on one core; they also use the second core better), VGG-16 1.09-1.15x
 (benchmarks/results/cpu_lowering.md; train steps neither gain nor lose). So on CPU our functions opt out of
-YNNPACK; other backends are left as XLA sets them. `RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure on another CPU with
-`research bench --xla-cpu default`.
+YNNPACK; other backends are left as XLA sets them. `RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure
+on another CPU with `research bench --xla-cpu default`.
 """
 from __future__ import annotations
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = "abcdefg"
-QUICK = {"image_size": 64, "batch": 8, "repeats": 5, "images": 32}
+QUICK = {"image_size": 64, "batch": 8, "repeats": 5, "images": 128}
 FULL = {"image_size": 224, "batch": 32, "repeats": 10, "images": None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="CPU sizes: 64 px, batch 8, 5 repeats, 32 images for e/f")
+    p.add_argument("--quick", action="store_true", help="CPU sizes: 64 px, batch 8, 5 repeats, 128 images for e/f "
+                   "(enough batches that start-up does not dominate)")
     p.add_argument("--cases", default=CASES, help="a,b,...: a forward, b head / c top-block / d full train step, "
                    "e loader, f features.dump, g probes (default: all)")
     p.add_argument("--models", default="resnet50,vgg16", help="arch or arch:layout, comma-separated")

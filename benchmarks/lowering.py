@@ -2,7 +2,8 @@
 
 1. convolutions on maps smaller than their kernel as one matrix product (research/models/layers.py) against
    `lax.conv_general_dilated`, which XLA:CPU rewrites into a slow reversed-window form there;
-2. our forward compiled with research/xla.py's CPU options against XLA's defaults (YNNPACK convolutions).
+2. our forward and train step compiled with research/xla.py's CPU options (YNNPACK for reductions only) against
+   XLA's defaults and against YNNPACK off altogether.
 
     python -m benchmarks.lowering [--quick] [--out benchmarks/results/cpu_lowering.json]
 """
@@ -24,6 +25,8 @@ from benchmarks import models, run, timing
 MAPS = (1, 2, 4)  # 3x3 convs, 512 -> 512 channels, batch 8: 4 is above the switch, as a control
 FORWARDS = (("resnet50", 64, 8), ("vgg16", 64, 8), ("resnet50", 224, 16), ("vgg16", 224, 8))
 QUICK_FORWARDS = FORWARDS[:2]
+STEPS = (("resnet50", 64, 8), ("resnet50", 224, 16))
+QUICK_STEPS = STEPS[:1]
 
 
 def conv_case(size: int, repeats: int) -> dict:
@@ -46,24 +49,44 @@ def conv_case(size: int, repeats: int) -> dict:
             "max_rel_diff": float(diff)}
 
 
-def forward_case(name: str, size: int, batch: int, repeats: int) -> dict:
+def variants() -> dict:
+    """The option sets raced: XLA's defaults, YNNPACK off altogether, and research/xla.py's choice."""
     from research import xla
+
+    return {"xla_default": {}, "ynnpack_off": {"xla_cpu_experimental_ynn_fusion_type": ""},
+            "research": xla.CPU_MODES["eigen"]}
+
+
+def race_variants(fn, args, batch: int, repeats: int, output) -> dict:
+    """`fn` compiled with each variant's options and raced; `output(result)` is what is compared."""
+    runners, outputs = {}, {}
+    for name, options in variants().items():
+        compiled = fn.lower(*args).compile(compiler_options=options)
+        runners[name] = timing.Runner(lambda c=compiled: c(*args), extra={"hlo": models.hlo_counts(compiled)})
+        outputs[name] = np.asarray(output(compiled(*args)))
+    out = timing.race(runners, repeats, batch, None)
+    ref = outputs["xla_default"]
+    return {**out, "speedup": round(out["xla_default"]["step_ms"] / out["research"]["step_ms"], 2),
+            "max_rel_diff": float(np.abs(outputs["research"] - ref).max() / np.abs(ref).max())}
+
+
+def forward_case(name: str, size: int, batch: int, repeats: int) -> dict:
+    """Our forward, uint8 in, preprocessing included."""
     from research.bundle import forward_body
 
     s = models.setup(name, size, batch, "float32")
     fn = jax.jit(forward_body(s.spec, (s.tap,), "float32", s.preprocessing))
-    variables = jax.device_put(s.bundle.variables)
-    runners, outputs = {}, {}
-    for mode, options in xla.CPU_MODES.items():
-        compiled = fn.lower(variables, s.images).compile(compiler_options=options)
-        runners[mode] = timing.Runner(lambda c=compiled: c(variables, s.images),
-                                      extra={"hlo": models.hlo_counts(compiled)})
-        outputs[mode] = np.asarray(runners[mode].call()[s.tap])
-    out = timing.race(runners, repeats, batch, None)
-    ref = outputs["default"]
-    return {"model": name, "image_size": size, "batch": batch, **out,
-            "speedup": round(out["default"]["step_ms"] / out["eigen"]["step_ms"], 2),
-            "max_rel_diff": float(np.abs(outputs["eigen"] - ref).max() / np.abs(ref).max())}
+    timed = race_variants(fn, (jax.device_put(s.bundle.variables), s.images), batch, repeats, lambda o: o[s.tap])
+    return {"case": f"{name} forward", "image_size": size, "batch": batch, **timed}
+
+
+def step_case(name: str, size: int, batch: int, repeats: int, preset: str = "top_block") -> dict:
+    """research.train's step (the state is not donated here, so every variant starts from the same one)."""
+    s = models.setup(name, size, batch, "float32")
+    fn, state, inputs, _ = models.train_step(s, preset)
+    fn = jax.jit(fn.__wrapped__)  # the step undecorated: no donation, so each variant can rerun the same state
+    timed = race_variants(fn, (state, *inputs), batch, repeats, lambda o: o[1]["loss"])
+    return {"case": f"{name} {preset} step", "image_size": size, "batch": batch, **timed}
 
 
 def markdown(result: dict) -> str:
@@ -74,18 +97,19 @@ def markdown(result: dict) -> str:
              "| map | lax.conv_general_dilated ms | research ms | speedup | max rel diff |", "|---|---|---|---|---|"]
     lines += [f"| {c['map']} | {c['lax']['step_ms']:.2f} | {c['research']['step_ms']:.2f} | {c['speedup']}x "
               f"| {c['max_rel_diff']:.1e} |" for c in result["conv"]]
-    lines += ["", "Our forward (uint8 in, preprocessing included), XLA's CPU defaults against research/xla.py's:", "",
-              "| model | px | batch | XLA default img/s | research img/s | speedup | max rel diff |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {f['model']} | {f['image_size']} | {f['batch']} | {f['default']['img_per_s']:.1f} "
-              f"| {f['eigen']['img_per_s']:.1f} | {f['speedup']}x | {f['max_rel_diff']:.1e} |"
-              for f in result["forward"]]
+    lines += ["", "Compiled with XLA's CPU defaults, with YNNPACK off altogether, and with research/xla.py's options "
+              "(YNNPACK for reductions only), raced in turn:", "",
+              "| case | px | batch | XLA default img/s | YNNPACK off img/s | research img/s | speedup over default "
+              "| max rel diff |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {f['case']} | {f['image_size']} | {f['batch']} | {f['xla_default']['img_per_s']:.1f} "
+              f"| {f['ynnpack_off']['img_per_s']:.1f} | {f['research']['img_per_s']:.1f} | {f['speedup']}x "
+              f"| {f['max_rel_diff']:.1e} |" for f in result["compiled"]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.lowering", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="64 px forwards only, 3 repeats")
+    p.add_argument("--quick", action="store_true", help="64 px only, 3 repeats")
     p.add_argument("--out", default=str(run.RESULTS / "cpu_lowering.json"))
     args = p.parse_args(argv)
     repeats = 3 if args.quick else 7
@@ -93,7 +117,8 @@ def main(argv=None) -> dict:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": timing.machine(), "versions": timing.versions(("jax", "jaxlib", "flax")),
               "conv": [conv_case(size, repeats) for size in MAPS],
-              "forward": [forward_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]}
+              "compiled": [forward_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]
+              + [step_case(*case, repeats) for case in (QUICK_STEPS if args.quick else STEPS)]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

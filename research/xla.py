@@ -1,11 +1,12 @@
 """The XLA options research's jitted model functions compile with, in one place.
 
-On CPU, jaxlib 0.10 hands convolutions to YNNPACK fusions by default. On the 2-core AMD EPYC we test and benchmark
-on, XLA's own Eigen convolutions run the same forwards faster, with the same results to float32 rounding:
-ResNet-50 at 224 px 1.48x (1.1x on one core; they also use the second core better), VGG-16 1.09-1.15x
-(benchmarks/results/cpu_lowering.md; train steps neither gain nor lose). So on CPU our functions opt out of
-YNNPACK; other backends are left as XLA sets them. `RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure
-on another CPU with `research bench --xla-cpu default`.
+On CPU, jaxlib 0.10 hands convolutions, matmuls and reductions to YNNPACK fusions by default. On the 2-core AMD
+EPYC we test and benchmark on, XLA's own Eigen convolutions and matmuls are faster, with the same results to
+float32 rounding (1.1x on one core; they also use the second core better), while YNNPACK's reductions are 7-20x
+faster than XLA's loops (BatchNorm and bias gradients). With YNNPACK kept for reductions only, ResNet-50's
+forward at 224 px runs 1.4x and its top-block step 1.38x faster than with XLA's defaults
+(benchmarks/results/cpu_lowering.md). Other backends are left as XLA sets them.
+`RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure on another CPU with `research bench --xla-cpu default`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import jax
 from research.errors import UserError
 
 ENV = "RESEARCH_XLA_CPU"
-CPU_MODES = {"eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}, "default": {}}
+# "eigen": YNNPACK for reductions only
+CPU_MODES = {"eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}, "default": {}}
 log = logging.getLogger(__name__)
 
 

@@ -1,5 +1,6 @@
-"""The two CPU lowering choices: small-map convolutions as one matrix product (research/models/layers.py), and
-the XLA options our jitted functions compile with (research/xla.py). Both must leave the numbers unchanged."""
+"""The CPU lowering choices: small-map convolutions as one matrix product and max-pooling from slices
+(research/models/layers.py), and the XLA options our jitted functions compile with (research/xla.py). None may
+change the numbers beyond float32 rounding."""
 from __future__ import annotations
 
 import jax
@@ -76,7 +77,7 @@ def test_a_resnet_on_1x1_and_2x2_maps_matches_plain_lax_convs(monkeypatch):
 def test_cpu_options_opt_out_of_ynnpack(monkeypatch):
     monkeypatch.delenv(xla.ENV, raising=False)
     assert xla.cpu_mode() == "eigen"
-    assert xla.options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert xla.options() == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
     monkeypatch.setenv(xla.ENV, "default")
     assert xla.options() is None
     monkeypatch.setenv(xla.ENV, "fast")
@@ -92,6 +93,22 @@ def test_our_jitted_forward_compiles_with_the_options(monkeypatch):
     images = jnp.zeros((1, 32, 32, 3), jnp.uint8)
     variables = spec.build().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     compiled = xla.jit(forward_body(spec, ("logits",), "float32", "torch")).lower(variables, images).compile()
-    assert "__ynn_fusion" not in compiled.as_text()
+    assert "convolution(" in compiled.as_text() and "__ynn" not in compiled.as_text()  # XLA's own convolutions
+    column_sum = xla.jit(lambda x: x.sum((0, 1, 2)))  # a bias gradient's reduction
+    assert "__ynn_fusion" in column_sum.lower(jnp.ones((8, 16, 16, 64))).compile().as_text()  # YNNPACK keeps those
     with pytest.raises(ValueError, match="compiler_options"):  # why forward_body exists: no options when nested
         jax.jit(lambda v, x: xla.jit(forward_body(spec, ("logits",), "float32", "torch"))(v, x))(variables, images)
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", [((2, 9, 7, 3), 3, 2, 1), ((2, 8, 8, 3), 2, 2, 0),
+                                                         ((2, 7, 7, 3), 2, 2, 0)])
+def test_max_pool_from_slices_matches_reduce_window(shape, window, stride, padding):
+    import flax.linen as nn
+
+    x = jnp.asarray(np.random.default_rng(1).permutation(np.prod(shape)).reshape(shape), jnp.float32)  # no ties
+    pads = ((padding, padding), (padding, padding))
+    reference = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)  # noqa: E731
+    ours = lambda x: layers.max_pool(x, window, stride, padding)  # noqa: E731
+    np.testing.assert_array_equal(ours(x), reference(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ours(x) ** 2))(x),
+                                  jax.grad(lambda x: jnp.sum(reference(x) ** 2))(x))

@@ -113,8 +113,17 @@ def pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def max_pool(x, window: int, stride: int, padding: int = 0):
-    """Max-pool padded with -inf, as torch does; after a ReLU this equals Keras' zero padding."""
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad(padding))
+    """Max-pool padded with -inf, as torch does; after a ReLU this equals Keras' zero padding.
+
+    Written as the maximum of the window's strided slices rather than a reduce_window: the same values, and it
+    stays out of the YNNPACK reduction fusions research/xla.py keeps on CPU, which would otherwise take in VGG's
+    convolutions and run them 1.2x slower (benchmarks/results/cpu_lowering.md)."""
+    if padding:
+        x = jnp.pad(x, ((0, 0), pad(padding)[0], pad(padding)[1], (0, 0)), constant_values=-jnp.inf)
+    out = [(n - window) // stride + 1 for n in x.shape[1:3]]
+    span = [(o - 1) * stride + 1 for o in out]
+    slices = [x[:, i:i + span[0]:stride, j:j + span[1]:stride] for i in range(window) for j in range(window)]
+    return functools.reduce(jnp.maximum, slices)
 
 
 def adaptive_avg_pool(x, size: int):

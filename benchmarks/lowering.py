@@ -1,9 +1,10 @@
-"""The evidence for research's two CPU lowering choices, each raced against the alternative in one process:
+"""The evidence for research's three CPU lowering choices, each raced against the alternative in one process:
 
 1. convolutions on maps smaller than their kernel as one matrix product (research/models/layers.py) against
    `lax.conv_general_dilated`, which XLA:CPU rewrites into a slow reversed-window form there;
 2. our forward and train step compiled with research/xla.py's CPU options (YNNPACK for reductions only) against
-   XLA's defaults and against YNNPACK off altogether.
+   XLA's defaults and against YNNPACK off altogether;
+3. max-pooling from strided slices (layers.max_pool) against a `reduce_window`, under those options.
 
     python -m benchmarks.lowering [--quick] [--out benchmarks/results/cpu_lowering.json]
 """
@@ -27,6 +28,7 @@ FORWARDS = (("resnet50", 64, 8), ("vgg16", 64, 8), ("resnet50", 224, 16), ("vgg1
 QUICK_FORWARDS = FORWARDS[:2]
 STEPS = (("resnet50", 64, 8), ("resnet50", 224, 16))
 QUICK_STEPS = STEPS[:1]
+POOLS = (("vgg16", 64, 8),)
 
 
 def conv_case(size: int, repeats: int) -> dict:
@@ -43,8 +45,9 @@ def conv_case(size: int, repeats: int) -> dict:
         return timing.Runner(lambda: compiled(x, w), compile_s, flops)
 
     runners = {"lax": runner(lax.conv_general_dilated), "research": runner(conv_general_dilated)}
-    out = {name: record for name, record in timing.race(runners, repeats, 8, None).items()}
-    diff = jnp.abs(runners["lax"].call() - runners["research"].call()).max() / jnp.abs(runners["lax"].call()).max()
+    out = timing.race(runners, repeats, 8, None)
+    ref = runners["lax"].call()
+    diff = jnp.abs(ref - runners["research"].call()).max() / jnp.abs(ref).max()
     return {"map": f"{size}x{size}", **out, "speedup": round(out["lax"]["step_ms"] / out["research"]["step_ms"], 2),
             "max_rel_diff": float(diff)}
 
@@ -89,6 +92,32 @@ def step_case(name: str, size: int, batch: int, repeats: int, preset: str = "top
     return {"case": f"{name} {preset} step", "image_size": size, "batch": batch, **timed}
 
 
+def pool_case(name: str, size: int, batch: int, repeats: int) -> dict:
+    """Our forward with research/xla.py's options, its max-pools as slices (ours) or as `reduce_window`."""
+    from unittest import mock
+
+    import flax.linen as nn
+    from research import xla
+    from research.bundle import forward_body
+    from research.models import layers
+
+    s = models.setup(name, size, batch, "float32")
+    args = (jax.device_put(s.bundle.variables), s.images)
+    reduce_window = lambda x, w, st, padding=0: nn.max_pool(x, (w, w), (st, st), layers.pad(padding))  # noqa: E731
+    runners, outputs = {}, {}
+    for way, pool in (("reduce_window", reduce_window), ("research", layers.max_pool)):
+        with mock.patch.object(layers, "max_pool", pool):  # looked up when the model is traced
+            compiled = jax.jit(forward_body(s.spec, (s.tap,), "float32", s.preprocessing)).lower(*args) \
+                .compile(compiler_options=xla.CPU_MODES["eigen"])
+        runners[way] = timing.Runner(lambda c=compiled: c(*args))
+        outputs[way] = np.asarray(compiled(*args)[s.tap])
+    out = timing.race(runners, repeats, batch, None)
+    return {"case": f"{name} forward", "image_size": size, "batch": batch, **out,
+            "speedup": round(out["reduce_window"]["step_ms"] / out["research"]["step_ms"], 2),
+            "max_rel_diff": float(np.abs(outputs["research"] - outputs["reduce_window"]).max()
+                                  / np.abs(outputs["reduce_window"]).max())}
+
+
 def markdown(result: dict) -> str:
     lines = [f"## CPU lowering choices {result['date']}", "", f"`{result['command']}`", "",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
@@ -104,6 +133,12 @@ def markdown(result: dict) -> str:
     lines += [f"| {f['case']} | {f['image_size']} | {f['batch']} | {f['xla_default']['img_per_s']:.1f} "
               f"| {f['ynnpack_off']['img_per_s']:.1f} | {f['research']['img_per_s']:.1f} | {f['speedup']}x "
               f"| {f['max_rel_diff']:.1e} |" for f in result["compiled"]]
+    lines += ["", "Max-pooling as a `reduce_window` against research's strided slices, research/xla.py's options:", "",
+              "| case | px | batch | reduce_window img/s | research img/s | speedup | max rel diff |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {f['case']} | {f['image_size']} | {f['batch']} | {f['reduce_window']['img_per_s']:.1f} "
+              f"| {f['research']['img_per_s']:.1f} | {f['speedup']}x | {f['max_rel_diff']:.1e} |"
+              for f in result["pool"]]
     return "\n".join(lines) + "\n"
 
 
@@ -118,7 +153,8 @@ def main(argv=None) -> dict:
               "machine": timing.machine(), "versions": timing.versions(("jax", "jaxlib", "flax")),
               "conv": [conv_case(size, repeats) for size in MAPS],
               "compiled": [forward_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]
-              + [step_case(*case, repeats) for case in (QUICK_STEPS if args.quick else STEPS)]}
+              + [step_case(*case, repeats) for case in (QUICK_STEPS if args.quick else STEPS)],
+              "pool": [pool_case(*case, repeats) for case in POOLS]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

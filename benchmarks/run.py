@@ -34,12 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", help="N, or per model: resnet50=256,vgg16=128 (default 32, 8 with --quick)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, help="timed repeats per case (default 10, 5 with --quick)")
-    p.add_argument("--images", type=int, help="images for e/f (default: all of the data; 32 with --quick)")
+    p.add_argument("--images", type=int, help="images for e/f (default: all of the data; 128 with --quick)")
     p.add_argument("--data", help="a class-folder tree for e/f (default ../shared/datasets/flowers17, else generated)")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras 3 peer")
     p.add_argument("--xla-cpu", choices=["eigen", "default"],
-                   help="how our functions compile on CPU (research/xla.py): eigen, research's default, or XLA's "
-                   "own default (YNNPACK convolutions); the Keras peer always gets XLA's default")
+                   help="how our functions compile on CPU (research/xla.py): eigen, research's default (XLA's "
+                   "convolutions, YNNPACK reductions), or XLA's own default (YNNPACK for both); the Keras peer always "
+                   "gets XLA's default")
     p.add_argument("--out", help="the JSON to write (default benchmarks/results/cpu_quick.json with --quick, "
                    "else benchmarks/results/<backend>.json); the .md goes beside it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")

@@ -4,7 +4,7 @@ On CPU, jaxlib 0.10 hands convolutions, matmuls and reductions to YNNPACK fusion
 EPYC we test and benchmark on, XLA's own Eigen convolutions and matmuls are faster, with the same results to
 float32 rounding (1.1x on one core; they also use the second core better), while YNNPACK's reductions are 7-20x
 faster than XLA's loops (BatchNorm and bias gradients). With YNNPACK kept for reductions only, ResNet-50's
-forward at 224 px runs 1.4x and its top-block step 1.38x faster than with XLA's defaults
+forward at 224 px and its top-block step run about 1.4x faster than with XLA's defaults
 (benchmarks/results/cpu_lowering.md). Other backends are left as XLA sets them.
 `RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure on another CPU with `research bench --xla-cpu default`.
 """

@@ -42,12 +42,17 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         dimension_numbers, feature_group_count, precision=precision)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
-    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:3], kernel, window_strides)]
-    (sh, sw), (oh, ow) = window_strides, out
-    windows = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kernel[0])
-               for j in range(kernel[1])]
-    return jnp.dot(jnp.concatenate(windows, axis=-1), rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+    patches = jnp.concatenate(windows(jnp.pad(lhs, ((0, 0), *padding, (0, 0))), kernel, window_strides), axis=-1)
+    return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+
+
+def windows(x, kernel, strides) -> list:
+    """The strided NHWC slices, one per kernel offset (row-major), whose elements meet in each output pixel of an
+    unpadded window op on `x`: what a convolution or a pool combines, as plain slices."""
+    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:3], kernel, strides)]
+    (sh, sw), (oh, ow) = strides, out
+    return [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kernel[0])
+            for j in range(kernel[1])]
 
 
 PADDINGS = ("same", "symmetric")
@@ -117,13 +122,10 @@ def max_pool(x, window: int, stride: int, padding: int = 0):
 
     Written as the maximum of the window's strided slices rather than a reduce_window: the same values, and it
     stays out of the YNNPACK reduction fusions research/xla.py keeps on CPU, which would otherwise take in VGG's
-    convolutions and run them 1.2x slower (benchmarks/results/cpu_lowering.md)."""
+    convolutions and run them up to 1.2x slower (benchmarks/results/cpu_lowering.md)."""
     if padding:
-        x = jnp.pad(x, ((0, 0), pad(padding)[0], pad(padding)[1], (0, 0)), constant_values=-jnp.inf)
-    out = [(n - window) // stride + 1 for n in x.shape[1:3]]
-    span = [(o - 1) * stride + 1 for o in out]
-    slices = [x[:, i:i + span[0]:stride, j:j + span[1]:stride] for i in range(window) for j in range(window)]
-    return functools.reduce(jnp.maximum, slices)
+        x = jnp.pad(x, ((0, 0), *pad(padding), (0, 0)), constant_values=-jnp.inf)
+    return functools.reduce(jnp.maximum, windows(x, (window, window), (stride, stride)))
 
 
 def adaptive_avg_pool(x, size: int):

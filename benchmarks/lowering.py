@@ -1,10 +1,12 @@
-"""The evidence for research's three CPU lowering choices, each raced against the alternative in one process:
+"""The evidence for research's CPU lowering choices, each raced against the alternative in one process:
 
 1. convolutions on maps smaller than their kernel as one matrix product (research/models/layers.py) against
    `lax.conv_general_dilated`, which XLA:CPU rewrites into a slow reversed-window form there;
 2. our forward and train step compiled with research/xla.py's CPU options (YNNPACK for reductions only) against
    XLA's defaults and against YNNPACK off altogether;
-3. max-pooling from strided slices (layers.max_pool) against a `reduce_window`, under those options.
+3. max-pooling from strided slices (layers.max_pool) against a `reduce_window`, under those options;
+4. 1x1 convolutions as a matmul (layers.conv_general_dilated) against lax's, in ResNet-50's train steps, where
+   XLA:CPU's convolution weight gradients transpose the activations.
 
     python -m benchmarks.lowering [--quick] [--out benchmarks/results/cpu_lowering.json]
 """
@@ -29,6 +31,8 @@ QUICK_FORWARDS = FORWARDS[:2]
 STEPS = (("resnet50", 64, 8), ("resnet50", 224, 16))
 QUICK_STEPS = STEPS[:1]
 POOLS = (("vgg16", 64, 8),)
+POINTWISE = (("resnet50", 64, 8, "top_block"), ("resnet50", 224, 16, "top_block"), ("resnet50", 224, 16, "all"))
+QUICK_POINTWISE = POINTWISE[:1]
 
 
 def conv_case(size: int, repeats: int) -> dict:
@@ -92,30 +96,55 @@ def step_case(name: str, size: int, batch: int, repeats: int, preset: str = "top
     return {"case": f"{name} {preset} step", "image_size": size, "batch": batch, **timed}
 
 
-def pool_case(name: str, size: int, batch: int, repeats: int) -> dict:
-    """Our forward with research/xla.py's options, its max-pools as slices (ours) or as `reduce_window`."""
+def ways_case(name: str, size: int, batch: int, repeats: int, attr: str, ways: dict, preset: str | None = None) -> dict:
+    """Our forward (or `preset`'s train step) with research/xla.py's options, built and traced once per way with
+    `layers.<attr>` swapped for it; the last way is research's own."""
     from unittest import mock
 
-    import flax.linen as nn
     from research import xla
     from research.bundle import forward_body
     from research.models import layers
 
     s = models.setup(name, size, batch, "float32")
-    args = (jax.device_put(s.bundle.variables), s.images)
-    reduce_window = lambda x, w, st, padding=0: nn.max_pool(x, (w, w), (st, st), layers.pad(padding))  # noqa: E731
     runners, outputs = {}, {}
-    for way, pool in (("reduce_window", reduce_window), ("research", layers.max_pool)):
-        with mock.patch.object(layers, "max_pool", pool):  # looked up when the model is traced
-            compiled = jax.jit(forward_body(s.spec, (s.tap,), "float32", s.preprocessing)).lower(*args) \
-                .compile(compiler_options=xla.CPU_MODES["eigen"])
-        runners[way] = timing.Runner(lambda c=compiled: c(*args))
-        outputs[way] = np.asarray(compiled(*args)[s.tap])
+    for way, impl in ways.items():
+        with mock.patch.object(layers, attr, impl):  # looked up when the model is built and traced
+            if preset:
+                fn, state, inputs, _ = models.train_step(s, preset)
+                fn, args, output = jax.jit(fn.__wrapped__), (state, *inputs), lambda o: o[1]["loss"]
+            else:
+                fn = jax.jit(forward_body(s.spec, (s.tap,), "float32", s.preprocessing))
+                args, output = (jax.device_put(s.bundle.variables), s.images), lambda o: o[s.tap]
+            compiled = fn.lower(*args).compile(compiler_options=xla.CPU_MODES["eigen"])
+        runners[way] = timing.Runner(lambda c=compiled, a=args: c(*a), extra={"hlo": models.hlo_counts(compiled)})
+        outputs[way] = np.asarray(output(compiled(*args)))
     out = timing.race(runners, repeats, batch, None)
-    return {"case": f"{name} forward", "image_size": size, "batch": batch, **out,
-            "speedup": round(out["reduce_window"]["step_ms"] / out["research"]["step_ms"], 2),
-            "max_rel_diff": float(np.abs(outputs["research"] - outputs["reduce_window"]).max()
-                                  / np.abs(outputs["reduce_window"]).max())}
+    first, ours = list(ways)
+    return {"case": f"{name} {preset + ' step' if preset else 'forward'}", "image_size": size, "batch": batch, **out,
+            "speedup": round(out[first]["step_ms"] / out[ours]["step_ms"], 2),
+            "max_rel_diff": float(np.abs(outputs[ours] - outputs[first]).max() / np.abs(outputs[first]).max())}
+
+
+def pool_case(name: str, size: int, batch: int, repeats: int) -> dict:
+    """Max-pools as strided slices (ours) or as a `reduce_window`."""
+    import flax.linen as nn
+    from research.models import layers
+
+    reduce_window = lambda x, w, st, padding=0: nn.max_pool(x, (w, w), (st, st), layers.pad(padding))  # noqa: E731
+    return ways_case(name, size, batch, repeats, "max_pool", {"reduce_window": reduce_window,
+                                                              "research": layers.max_pool})
+
+
+def pointwise_case(name: str, size: int, batch: int, repeats: int, preset: str) -> dict:
+    """1x1 convolutions as `lax.conv_general_dilated` or as research's matmul, the other convolutions as ours."""
+    from research.models import layers
+
+    ours = layers.conv_general_dilated
+
+    def lax_1x1(lhs, rhs, *args, **kwargs):
+        return (lax.conv_general_dilated if rhs.shape[:2] == (1, 1) else ours)(lhs, rhs, *args, **kwargs)
+
+    return ways_case(name, size, batch, repeats, "conv_general_dilated", {"lax": lax_1x1, "research": ours}, preset)
 
 
 def markdown(result: dict) -> str:
@@ -133,13 +162,19 @@ def markdown(result: dict) -> str:
     lines += [f"| {f['case']} | {f['image_size']} | {f['batch']} | {f['xla_default']['img_per_s']:.1f} "
               f"| {f['ynnpack_off']['img_per_s']:.1f} | {f['research']['img_per_s']:.1f} | {f['speedup']}x "
               f"| {f['max_rel_diff']:.1e} |" for f in result["compiled"]]
-    lines += ["", "Max-pooling as a `reduce_window` against research's strided slices, research/xla.py's options:", "",
-              "| case | px | batch | reduce_window img/s | research img/s | speedup | max rel diff |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {f['case']} | {f['image_size']} | {f['batch']} | {f['reduce_window']['img_per_s']:.1f} "
-              f"| {f['research']['img_per_s']:.1f} | {f['speedup']}x | {f['max_rel_diff']:.1e} |"
-              for f in result["pool"]]
+    lines += ways_table("Max-pooling as a `reduce_window` against research's strided slices, research/xla.py's "
+                        "options:", "reduce_window", result["pool"])
+    lines += ways_table("1x1 convolutions as `lax.conv_general_dilated` against research's matmul, research/xla.py's "
+                        "options (HLO convolution counts show what each compiled):", "lax", result["pointwise"])
     return "\n".join(lines) + "\n"
+
+
+def ways_table(title: str, first: str, cases: list) -> list:
+    lines = ["", title, "", f"| case | px | batch | {first} img/s | research img/s | speedup | max rel diff "
+             "| convolutions |", "|---|---|---|---|---|---|---|---|"]
+    return lines + [f"| {f['case']} | {f['image_size']} | {f['batch']} | {f[first]['img_per_s']:.1f} "
+                    f"| {f['research']['img_per_s']:.1f} | {f['speedup']}x | {f['max_rel_diff']:.1e} "
+                    f"| {f[first]['hlo']['convolution']} / {f['research']['hlo']['convolution']} |" for f in cases]
 
 
 def main(argv=None) -> dict:
@@ -154,7 +189,8 @@ def main(argv=None) -> dict:
               "conv": [conv_case(size, repeats) for size in MAPS],
               "compiled": [forward_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]
               + [step_case(*case, repeats) for case in (QUICK_STEPS if args.quick else STEPS)],
-              "pool": [pool_case(*case, repeats) for case in POOLS]}
+              "pool": [pool_case(*case, repeats) for case in POOLS],
+              "pointwise": [pointwise_case(*case[:3], repeats, case[3]) for case in (QUICK_POINTWISE if args.quick else POINTWISE)]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -73,11 +73,11 @@ def targets(result: dict) -> list[dict]:
 def evidence(result: dict) -> list[str]:
     """One line of measured evidence per missed target: what the profile data in the JSON says about why."""
     notes, m = [], result["machine"]
-    load = max((m.get("load_average_start") or [0])[0], (m.get("load_average_end") or [0])[0])
+    load = (m.get("load_average_start") or [0])[0]  # before the run: the end's includes the run's own threads
     if load > 0.5 * m["cores"]:
-        notes.append(f"Shared machine: 1-minute load average up to {load} on {m['cores']} cores from other "
-                     f"processes, so absolute img/s and the matmul peak (hence MFU) move between runs; the ratios "
-                     f"come from interleaved races and are the numbers to read.")
+        notes.append(f"Shared machine: 1-minute load average {load} on {m['cores']} cores from other processes "
+                     f"when the run started, so absolute img/s and the matmul peak (hence MFU) move between runs; "
+                     f"the ratios come from interleaved races and are the numbers to read.")
     for t in result["targets"]:
         if t["pass"] or t["model"] is None:
             continue

@@ -31,9 +31,14 @@ def cpu_mode() -> str:
     return mode
 
 
+def on_cpu() -> bool:
+    """Whether functions traced now compile for XLA:CPU, for lowering choices made for it alone."""
+    return jax.default_backend() == "cpu"
+
+
 def options() -> dict | None:
     """`compiler_options` for jax.jit on the current default backend (None: XLA's defaults)."""
-    if jax.default_backend() != "cpu":
+    if not on_cpu():
         return None
     wanted = CPU_MODES[cpu_mode()]
     return dict(wanted) if wanted and _accepted(tuple(wanted.items())) else None

@@ -1,4 +1,4 @@
-"""The CPU lowering choices: small-map convolutions as one matrix product and max-pooling from slices
+"""The CPU lowering choices: 1x1 and small-map convolutions as matrix products and max-pooling from slices
 (research/models/layers.py), and the XLA options our jitted functions compile with (research/xla.py). None may
 change the numbers beyond float32 rounding."""
 from __future__ import annotations
@@ -38,8 +38,12 @@ def both(shape, kernel, stride, padding, groups=1, seed=0):
     ((2, 2, 2, 5), 3, 2, ((0, 1), (0, 1))),      # TF SAME for stride 2
     ((2, 3, 5, 5), 7, 2, ((3, 3), (3, 3))),      # a stem on a tiny input
     ((2, 2, 2, 5), 3, 1, "SAME"),
+    ((2, 5, 7, 5), 1, 1, ((0, 0), (0, 0))),      # a bottleneck's 1x1
+    ((2, 5, 7, 5), 1, 2, ((0, 0), (0, 0))),      # Keras ResNet v1's strided 1x1, odd sizes
+    ((2, 4, 4, 5), 1, 2, "SAME"),
+    ((2, 4, 4, 5), 1, 1, "VALID"),
 ])
-def test_small_map_conv_matches_lax_with_its_gradients(shape, kernel, stride, padding):
+def test_matmul_convs_match_lax_with_their_gradients(shape, kernel, stride, padding):
     (ref, ref_grads), (got, grads), _ = both(shape, kernel, stride, padding)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
@@ -47,9 +51,9 @@ def test_small_map_conv_matches_lax_with_its_gradients(shape, kernel, stride, pa
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
 
 
-def lowered_ops(shape, kernel, groups=1) -> str:
-    *_, (x, w, numbers) = both(shape, kernel, 1, ((1, 1), (1, 1)), groups)
-    fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers,
+def lowered_ops(shape, kernel, groups=1, padding=((1, 1), (1, 1)), stride=1) -> str:
+    *_, (x, w, numbers) = both(shape, kernel, stride, padding, groups)
+    fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=numbers,
                                                           feature_group_count=groups))
     return fn.lower(x, w).as_text()
 
@@ -57,8 +61,17 @@ def lowered_ops(shape, kernel, groups=1) -> str:
 def test_only_maps_smaller_than_the_kernel_become_a_matmul():
     assert "convolution" not in lowered_ops((2, 2, 2, 4), 3) and "dot_general" in lowered_ops((2, 2, 2, 4), 3)
     assert "convolution" in lowered_ops((2, 3, 3, 4), 3)  # as large as the kernel: XLA's fast path
-    assert "convolution" in lowered_ops((2, 2, 2, 4), 1)  # 1x1 kernels have no window to rewrite
     assert "convolution" in lowered_ops((2, 2, 2, 4), 3, groups=2)  # grouped: left to lax
+
+
+def test_unpadded_1x1_convs_become_a_matmul_on_cpu_only(monkeypatch):
+    for stride in (1, 2):
+        ops = lowered_ops((2, 4, 4, 4), 1, padding=((0, 0), (0, 0)), stride=stride)
+        assert "convolution" not in ops and "dot_general" in ops
+    assert "convolution" in lowered_ops((2, 4, 4, 4), 1)  # padded: a border of zeros that a slice cannot give
+    assert "convolution" in lowered_ops((2, 4, 4, 4), 1, groups=2)
+    monkeypatch.setattr(xla, "on_cpu", lambda: False)  # GPUs keep their measured convolutions
+    assert "convolution" in lowered_ops((2, 4, 4, 4), 1, padding=((0, 0), (0, 0)))
 
 
 def test_a_resnet_on_1x1_and_2x2_maps_matches_plain_lax_convs(monkeypatch):

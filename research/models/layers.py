@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from research import xla
 from research.errors import UserError
 
 # BatchNorm settings of each source. Flax's momentum is the weight of the old running value: torch's 0.1 is 0.9.
@@ -30,20 +31,28 @@ def conv_partial(dtype: Any, use_bias: bool):
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
-    """`lax.conv_general_dilated`, except for a plain NHWC convolution whose input is smaller than its kernel
-    (ResNet-50's 3x3 stage4 convs on 2x2 maps at 64 px). XLA:CPU rewrites those into a reversed-window form that
-    runs some 60x below its usual rate (67 ms against 4 ms for the same conv on 4x4 maps), so they are computed
-    as one matrix product over the kernel's shifted windows: the same sums, and a fast backward too."""
+    """`lax.conv_general_dilated`, except for two plain NHWC cases that XLA:CPU runs far below its usual rate,
+    computed as matrix products with the same sums (benchmarks/results/cpu_lowering.md races each against lax):
+
+    - 1x1 kernels, on CPU: a strided slice, then one matmul. As convolutions, their weight gradients make XLA:CPU
+      copy the input activations into a [C, H, W, N] layout, recomputing the ops that produced them inside the
+      copy (96 ms of ResNet-50's 1.2 s top-block step at 224 px); a dot's gradients are plain matmuls.
+    - inputs smaller than the kernel (ResNet-50's 3x3 stage4 convs on 2x2 maps at 64 px): XLA:CPU rewrites
+      those into a reversed-window form (67 ms against 4 ms for the same conv on 4x4 maps), so they are one
+      matrix product over the kernel's shifted windows, with a fast backward too."""
     kernel = rhs.shape[:2]
     plain = (dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
              and feature_group_count == 1 and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
-    if not (plain and max(kernel) > 1 and any(n < k for n, k in zip(lhs.shape[1:3], kernel))):
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision)
-    if isinstance(padding, str):
+    if plain and isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], kernel, window_strides, padding)
-    patches = jnp.concatenate(windows(jnp.pad(lhs, ((0, 0), *padding, (0, 0))), kernel, window_strides), axis=-1)
-    return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+    if plain and kernel == (1, 1) and not any(map(any, padding)) and xla.on_cpu():
+        (sh, sw) = window_strides
+        return jnp.dot(lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision)
+    if plain and max(kernel) > 1 and any(n < k for n, k in zip(lhs.shape[1:3], kernel)):
+        patches = jnp.concatenate(windows(jnp.pad(lhs, ((0, 0), *padding, (0, 0))), kernel, window_strides), axis=-1)
+        return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision)
 
 
 def windows(x, kernel, strides) -> list:

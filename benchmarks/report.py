@@ -75,8 +75,8 @@ def evidence(result: dict) -> list[str]:
     notes, m = [], result["machine"]
     load = (m.get("load_average_start") or [0])[0]  # before the run: the end's includes the run's own threads
     if load > 0.5 * m["cores"]:
-        notes.append(f"Shared machine: 1-minute load average {load} on {m['cores']} cores from other processes "
-                     f"when the run started, so absolute img/s and the matmul peak (hence MFU) move between runs; "
+        notes.append(f"Shared machine: 1-minute load average {load} on {m['cores']} cores when the run started "
+                     f"(other processes, or a run just before), so absolute img/s and the matmul peak (hence MFU) move between runs; "
                      f"the ratios come from interleaved races and are the numbers to read.")
     for t in result["targets"]:
         if t["pass"] or t["model"] is None:
@@ -155,7 +155,8 @@ def model_table(name: str, model: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
     m, v, p = result["machine"], result["versions"], result["params"]
-    peaks = ", ".join(f"{d} {x['tflop_per_s']} TFLOP/s ({x['size']}²)" for d, x in result.get("peak", {}).items())
+    peaks = ", ".join(f"{d} {x['tflop_per_s']} TFLOP/s ({x['size']}²"
+                      + (f", {x['options']} options)" if "options" in x else ")") for d, x in result.get("peak", {}).items())
     cut = "" if result.get("complete", True) else " (incomplete: the run stopped after the cases below)"
     lines = [f"## Benchmark {result['date']}{cut}", "", f"`{result['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; JAX {m['backend']} "

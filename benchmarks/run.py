@@ -190,7 +190,7 @@ def peaks(o: dict) -> dict:
 
     size = 2048 if jax.default_backend() == "cpu" else 16384
     dtypes = dict.fromkeys(("float32", o["dtype"]))
-    return {d: timing.matmul_peak(d, size, 3 if o["quick"] else 10) for d in dtypes}
+    return {d: timing.matmul_peak(d, size, 5 if o["quick"] else 10) for d in dtypes}
 
 
 def data_cases(o: dict, result: dict, tmp: Path) -> dict:

@@ -39,6 +39,7 @@ class Bundle:
     spec: ModelSpec
     variables: dict
     meta: dict
+    _placed: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def preprocessing(self) -> str:
@@ -60,11 +61,14 @@ class Bundle:
         images = self.check_images(images)
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-        return forward_fn(self.spec, taps, dtype, self.preprocessing)(self._device_variables, images)
+        return forward_fn(self.spec, taps, dtype, self.preprocessing)(self.placed(), images)
 
-    @functools.cached_property
-    def _device_variables(self):
-        return jax.device_put(self.variables)
+    def placed(self, sharding=None):
+        """The variables on device (laid out by `sharding` when given), transferred once per sharding: each
+        `features` call or dump would otherwise copy every weight again (26 ms for ResNet-50 on CPU)."""
+        if sharding not in self._placed:
+            self._placed[sharding] = jax.device_put(self.variables, sharding)
+        return self._placed[sharding]
 
     def check_images(self, images):
         if not isinstance(images, jax.Array):

@@ -1,11 +1,12 @@
 """The XLA options research's jitted model functions compile with, in one place.
 
 On CPU, jaxlib 0.10 hands convolutions, matmuls and reductions to YNNPACK fusions by default. On the 2-core AMD
-EPYC we test and benchmark on, XLA's own Eigen convolutions and matmuls are faster, with the same results to
-float32 rounding (1.1x on one core; they also use the second core better), while YNNPACK's reductions are 7-20x
-faster than XLA's loops (BatchNorm and bias gradients). With YNNPACK kept for reductions only, ResNet-50's
-forward at 224 px and its top-block step run about 1.4x faster than with XLA's defaults
-(benchmarks/results/cpu_lowering.md). Other backends are left as XLA sets them.
+EPYC we test and benchmark on, XLA's own Eigen convolutions are faster at 224 px, with the same results to
+float32 rounding, while YNNPACK's reductions are 7-20x faster than XLA's loops (BatchNorm and bias gradients).
+With YNNPACK kept for reductions only, ResNet-50's forward and its top-block step at 224 px run 1.1x faster than
+with XLA's defaults, the step 1.2x faster than with YNNPACK off (benchmarks/results/cpu_lowering.md).
+The price is paid on small inputs, where YNNPACK's matmuls win: at 64 px the ResNet-50 forward is 0.85x XLA's
+defaults. Other backends are left as XLA sets them.
 `RESEARCH_XLA_CPU=default` keeps XLA's choice, to re-measure on another CPU with `research bench --xla-cpu default`.
 """
 from __future__ import annotations

@@ -32,6 +32,22 @@ def test_smoke_writes_json_and_markdown(tmp_path):
     assert "| a forward (pre_logits) |" in out.with_suffix(".md").read_text()
 
 
+def test_direct_check_converts_keras_weights_and_agrees(tmp_path):
+    """benchmarks.direct: a Keras ResNet50's saved weights through research.load, both forwards compared."""
+    pytest.importorskip("keras")
+    from benchmarks import direct
+    from research import parity
+
+    out = tmp_path / "direct.json"
+    result = direct.main(["--image-size", "32", "--batch-size", "2", "--repeats", "1", "--models", "resnet50",
+                          "--out", str(out)])
+    (case,) = result["cases"]
+    assert case["tap"] == "pre_logits" and case["max_rel_diff"] < parity.FLOAT32
+    assert set(case["ways"]) == {"research:features", "keras:predict", "keras:predict_on_batch", "keras:call"}
+    assert case["ours_over_keras"] > 0 and json.loads(out.read_text())["cases"][0]["model"] == "resnet50"
+    assert "| resnet50 | 32 | 2 |" in out.with_suffix(".md").read_text()
+
+
 def test_existing_result_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "r.json"
     out.write_text("{}")

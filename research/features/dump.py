@@ -225,17 +225,20 @@ class Runner:
     def __init__(self, bundle, taps, pool, dtype, devices: Devices):
         self.raw, self.fn = _pooled_forward(bundle.spec, taps, bundle.preprocessing, pool, dtype)
         self.devices = devices
-        self.variables = jax.device_put(bundle.variables, devices.replicated)
+        self.variables = bundle.placed(devices.replicated)
+        self._shapes = {}
 
     def __call__(self, images: np.ndarray) -> dict:
         array, n = self.devices.put(images)
         return {t: np.asarray(v)[:n] for t, v in self.fn(self.variables, array).items()}
 
     def shapes(self, size: int, pooled: bool = True) -> dict:
-        """{tap: output shape} for a batch of one, pooled or as the model gives it; nothing is computed."""
-        probe = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
-        fn = self.fn if pooled else self.raw
-        return {t: s.shape for t, s in jax.eval_shape(fn, self.variables, probe).items()}
+        """{tap: output shape} for a batch of one, pooled or as the model gives it; traced once, not computed."""
+        if (size, pooled) not in self._shapes:
+            probe = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
+            fn = self.fn if pooled else self.raw
+            self._shapes[size, pooled] = {t: s.shape for t, s in jax.eval_shape(fn, self.variables, probe).items()}
+        return self._shapes[size, pooled]
 
 
 def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_size, device_count) -> dict:

@@ -11,8 +11,6 @@ fastest of them.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -82,16 +80,11 @@ def main(argv=None) -> dict:
     keras, why = keras_peer.load()
     if keras is None:
         sys.exit(f"error: {why}")
-    result = {"benchmark": "direct", "command": "python -m benchmarks.direct " + " ".join(argv or sys.argv[1:]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": timing.machine(), "versions": timing.versions(("research", "jax", "jaxlib", "keras"))}
+    result = run.header("direct", argv, ("research", "jax", "jaxlib", "keras"))
     with tempfile.TemporaryDirectory() as tmp:
         result["cases"] = [case(keras, name, args.image_size, args.batch_size, args.repeats, Path(tmp))
                            for name in args.models.split(",")]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    run.write(result, Path(args.out), markdown)
     print(markdown(result))
     return result
 

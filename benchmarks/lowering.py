@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import sys
 from pathlib import Path
 
 import jax
@@ -183,18 +180,14 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(run.RESULTS / "cpu_lowering.json"))
     args = p.parse_args(argv)
     repeats = 3 if args.quick else 7
-    result = {"benchmark": "lowering", "command": "python -m benchmarks.lowering " + " ".join(argv or sys.argv[1:]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": timing.machine(), "versions": timing.versions(("jax", "jaxlib", "flax")),
+    result = {**run.header("lowering", argv, ("jax", "jaxlib", "flax")),
               "conv": [conv_case(size, repeats) for size in MAPS],
               "compiled": [forward_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]
               + [step_case(*case, repeats) for case in (QUICK_STEPS if args.quick else STEPS)],
               "pool": [pool_case(*case, repeats) for case in POOLS],
-              "pointwise": [pointwise_case(*case[:3], repeats, case[3]) for case in (QUICK_POINTWISE if args.quick else POINTWISE)]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+              "pointwise": [pointwise_case(*case[:3], repeats, case[3])
+                            for case in (QUICK_POINTWISE if args.quick else POINTWISE)]}
+    run.write(result, Path(args.out), markdown)
     print(markdown(result))
     return result
 

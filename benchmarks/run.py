@@ -266,15 +266,27 @@ def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
             for kind, record in timed.items()}
 
 
-def write(result: dict, out: Path) -> None:
-    """JSON and markdown, each to a temporary name first, so a killed run leaves no half file."""
+def header(benchmark: str, argv, versions: tuple) -> dict:
+    """The fields every result of `python -m benchmarks.<benchmark>` starts with: what ran, when, where, with what."""
+    from benchmarks import timing
+
+    return {"benchmark": benchmark,
+            "command": f"python -m benchmarks.{benchmark} " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": timing.machine(), "versions": timing.versions(versions)}
+
+
+def write(result: dict, out: Path, render=None) -> None:
+    """JSON and markdown (`render`, default the bench table), each to a temporary name first, so a killed run
+    leaves no half file."""
     import json
     from benchmarks import report
 
-    for path, text in ((out, json.dumps(result, indent=2, default=str) + "\n"),
-                       (out.with_suffix(".md"), report.markdown(result) + "\n")):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, json.dumps(result, indent=2, default=str)),
+                       (out.with_suffix(".md"), (render or report.markdown)(result))):
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
+        tmp.write_text(text.rstrip("\n") + "\n")
         os.replace(tmp, path)
 
 

@@ -76,8 +76,8 @@ def evidence(result: dict) -> list[str]:
     load = (m.get("load_average_start") or [0])[0]  # before the run: the end's includes the run's own threads
     if load > 0.5 * m["cores"]:
         notes.append(f"Shared machine: 1-minute load average {load} on {m['cores']} cores when the run started "
-                     f"(other processes, or a run just before), so absolute img/s and the matmul peak (hence MFU) move between runs; "
-                     f"the ratios come from interleaved races and are the numbers to read.")
+                     f"(other processes, or a run just before), so absolute img/s and the matmul peak (hence MFU) "
+                     f"move between runs; the ratios come from interleaved races and are the numbers to read.")
     for t in result["targets"]:
         if t["pass"] or t["model"] is None:
             continue
@@ -114,6 +114,11 @@ def _keras_cost(model: dict, case: str) -> str:
     if not (forward and step):
         return ""
     return f" Keras' own {case} step costs {forward[1] / step[1]:.2f}x its forward ({forward[0]}) on this machine."
+
+
+def _peak(dtype: str, peak: dict) -> str:
+    where = f", {peak['options']} options" if "options" in peak else ""
+    return f"{dtype} {peak['tflop_per_s']} TFLOP/s ({peak['size']}²{where})"
 
 
 def _fmt(x, digits=1) -> str:
@@ -155,8 +160,7 @@ def model_table(name: str, model: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
     m, v, p = result["machine"], result["versions"], result["params"]
-    peaks = ", ".join(f"{d} {x['tflop_per_s']} TFLOP/s ({x['size']}²"
-                      + (f", {x['options']} options)" if "options" in x else ")") for d, x in result.get("peak", {}).items())
+    peaks = ", ".join(_peak(d, x) for d, x in result.get("peak", {}).items())
     cut = "" if result.get("complete", True) else " (incomplete: the run stopped after the cases below)"
     lines = [f"## Benchmark {result['date']}{cut}", "", f"`{result['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; JAX {m['backend']} "

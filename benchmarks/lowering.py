@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks import models, run, timing
+from research.parity import relative_error
 
 MAPS = (1, 2, 4)  # 3x3 convs, 512 -> 512 channels, batch 8: 4 is above the switch, as a control
 FORWARDS = (("resnet50", 64, 8), ("vgg16", 64, 8), ("resnet50", 224, 16), ("vgg16", 224, 8))
@@ -47,10 +48,8 @@ def conv_case(size: int, repeats: int) -> dict:
 
     runners = {"lax": runner(lax.conv_general_dilated), "research": runner(conv_general_dilated)}
     out = timing.race(runners, repeats, 8, None)
-    ref = runners["lax"].call()
-    diff = jnp.abs(ref - runners["research"].call()).max() / jnp.abs(ref).max()
     return {"map": f"{size}x{size}", **out, "speedup": round(out["lax"]["step_ms"] / out["research"]["step_ms"], 2),
-            "max_rel_diff": float(diff)}
+            "max_rel_diff": relative_error(runners["research"].call(), runners["lax"].call())}
 
 
 def variants() -> dict:
@@ -61,36 +60,45 @@ def variants() -> dict:
             "research": xla.CPU_MODES["eigen"]}
 
 
-def race_variants(fn, args, batch: int, repeats: int, output) -> dict:
-    """`fn` compiled with each variant's options and raced; `output(result)` is what is compared."""
+def race(build, ways, batch: int, repeats: int, base: str, ours: str = "research") -> dict:
+    """`build(way)` -> (compiled, args, output) for each way, raced in turn; speedup and max relative difference of
+    `ours` against `base`, comparing `output(result)`."""
     runners, outputs = {}, {}
-    for name, options in variants().items():
-        compiled = fn.lower(*args).compile(compiler_options=options)
-        runners[name] = timing.Runner(lambda c=compiled: c(*args), extra={"hlo": models.hlo_counts(compiled)})
-        outputs[name] = np.asarray(output(compiled(*args)))
+    for way in ways:
+        compiled, args, output = build(way)
+        runners[way] = timing.Runner(lambda c=compiled, a=args: c(*a), extra={"hlo": models.hlo_counts(compiled)})
+        outputs[way] = np.asarray(output(compiled(*args)))
     out = timing.race(runners, repeats, batch, None)
-    ref = outputs["xla_default"]
-    return {**out, "speedup": round(out["xla_default"]["step_ms"] / out["research"]["step_ms"], 2),
-            "max_rel_diff": float(np.abs(outputs["research"] - ref).max() / np.abs(ref).max())}
+    return {**out, "speedup": round(out[base]["step_ms"] / out[ours]["step_ms"], 2),
+            "max_rel_diff": relative_error(outputs[ours], outputs[base])}
 
 
-def forward_case(name: str, size: int, batch: int, repeats: int) -> dict:
-    """Our forward, uint8 in, preprocessing included."""
+def program(s, preset: str | None = None):
+    """(jitted fn, its args, what of its output to compare): our forward, uint8 in, preprocessing included, or
+    `preset`'s research.train step undecorated (no donation, so every variant can rerun the same state). The
+    model is built and traced here, so a patched `layers` attribute takes effect."""
     from research.bundle import forward_body
 
-    s = models.setup(name, size, batch, "float32")
+    if preset:
+        fn, state, inputs, _ = models.train_step(s, preset)
+        return jax.jit(fn.__wrapped__), (state, *inputs), lambda o: o[1]["loss"]
     fn = jax.jit(forward_body(s.spec, (s.tap,), "float32", s.preprocessing))
-    timed = race_variants(fn, (jax.device_put(s.bundle.variables), s.images), batch, repeats, lambda o: o[s.tap])
-    return {"case": f"{name} forward", "image_size": size, "batch": batch, **timed}
+    return fn, (jax.device_put(s.bundle.variables), s.images), lambda o: o[s.tap]
 
 
-def step_case(name: str, size: int, batch: int, repeats: int, preset: str = "top_block") -> dict:
-    """research.train's step (the state is not donated here, so every variant starts from the same one)."""
-    s = models.setup(name, size, batch, "float32")
-    fn, state, inputs, _ = models.train_step(s, preset)
-    fn = jax.jit(fn.__wrapped__)  # the step undecorated: no donation, so each variant can rerun the same state
-    timed = race_variants(fn, (state, *inputs), batch, repeats, lambda o: o[1]["loss"])
-    return {"case": f"{name} {preset} step", "image_size": size, "batch": batch, **timed}
+def describe(name: str, size: int, batch: int, preset: str | None) -> dict:
+    return {"case": f"{name} {preset + ' step' if preset else 'forward'}", "image_size": size, "batch": batch}
+
+
+def compiled_case(name: str, size: int, batch: int, repeats: int, preset: str | None = None) -> dict:
+    """Our forward (or `preset`'s step) compiled with each of `variants()` and raced against XLA's defaults."""
+    fn, args, output = program(models.setup(name, size, batch, "float32"), preset)
+    options = variants()
+
+    def build(way):
+        return fn.lower(*args).compile(compiler_options=options[way]), args, output
+
+    return {**describe(name, size, batch, preset), **race(build, options, batch, repeats, "xla_default")}
 
 
 def ways_case(name: str, size: int, batch: int, repeats: int, attr: str, ways: dict, preset: str | None = None) -> dict:
@@ -99,27 +107,17 @@ def ways_case(name: str, size: int, batch: int, repeats: int, attr: str, ways: d
     from unittest import mock
 
     from research import xla
-    from research.bundle import forward_body
     from research.models import layers
 
     s = models.setup(name, size, batch, "float32")
-    runners, outputs = {}, {}
-    for way, impl in ways.items():
-        with mock.patch.object(layers, attr, impl):  # looked up when the model is built and traced
-            if preset:
-                fn, state, inputs, _ = models.train_step(s, preset)
-                fn, args, output = jax.jit(fn.__wrapped__), (state, *inputs), lambda o: o[1]["loss"]
-            else:
-                fn = jax.jit(forward_body(s.spec, (s.tap,), "float32", s.preprocessing))
-                args, output = (jax.device_put(s.bundle.variables), s.images), lambda o: o[s.tap]
-            compiled = fn.lower(*args).compile(compiler_options=xla.CPU_MODES["eigen"])
-        runners[way] = timing.Runner(lambda c=compiled, a=args: c(*a), extra={"hlo": models.hlo_counts(compiled)})
-        outputs[way] = np.asarray(output(compiled(*args)))
-    out = timing.race(runners, repeats, batch, None)
-    first, ours = list(ways)
-    return {"case": f"{name} {preset + ' step' if preset else 'forward'}", "image_size": size, "batch": batch, **out,
-            "speedup": round(out[first]["step_ms"] / out[ours]["step_ms"], 2),
-            "max_rel_diff": float(np.abs(outputs[ours] - outputs[first]).max() / np.abs(outputs[first]).max())}
+
+    def build(way):
+        with mock.patch.object(layers, attr, ways[way]):  # looked up when the model is built and traced
+            fn, args, output = program(s, preset)
+            return fn.lower(*args).compile(compiler_options=xla.CPU_MODES["eigen"]), args, output
+
+    base, ours = list(ways)
+    return {**describe(name, size, batch, preset), **race(build, ways, batch, repeats, base, ours)}
 
 
 def pool_case(name: str, size: int, batch: int, repeats: int) -> dict:
@@ -182,8 +180,8 @@ def main(argv=None) -> dict:
     repeats = 3 if args.quick else 7
     result = {**run.header("lowering", argv, ("jax", "jaxlib", "flax")),
               "conv": [conv_case(size, repeats) for size in MAPS],
-              "compiled": [forward_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]
-              + [step_case(*case, repeats) for case in (QUICK_STEPS if args.quick else STEPS)],
+              "compiled": [compiled_case(*case, repeats) for case in (QUICK_FORWARDS if args.quick else FORWARDS)]
+              + [compiled_case(*case, repeats, "top_block") for case in (QUICK_STEPS if args.quick else STEPS)],
               "pool": [pool_case(*case, repeats) for case in POOLS],
               "pointwise": [pointwise_case(*case[:3], repeats, case[3])
                             for case in (QUICK_POINTWISE if args.quick else POINTWISE)]}

@@ -1,7 +1,7 @@
 """Speed of the forward, the train steps, the data path and the probes, against Keras 3 on JAX and the device's
 matmul peak.
 
-    python -m benchmarks.run --quick                      # CPU-sized: 224 px, batch 8, 3 repeats, ~5 min on 2 cores
+    python -m benchmarks.run --quick                      # CPU-sized: 224 px, batch 8, 3 repeats, ~6 min on 2 cores
     python -m benchmarks.run --cases a --models resnet50 --image-size 224 --batch-size 16
     research bench ...                                    # the same flags
 
@@ -105,10 +105,9 @@ def resolve(args) -> dict:
 
 def xla_cpu() -> str | None:
     """The CPU lowering our functions got (research/xla.py), or None off CPU."""
-    import jax
     from research import xla
 
-    return f"{xla.cpu_mode()} {xla.options() or {}}" if jax.default_backend() == "cpu" else None
+    return f"{xla.cpu_mode()} {xla.options() or {}}" if xla.on_cpu() else None
 
 
 def batches(text: str | None, models: list, default: int) -> dict:

@@ -5,7 +5,7 @@
 2. our forward and train step compiled with research/xla.py's CPU options (YNNPACK for reductions only) against
    XLA's defaults and against YNNPACK off altogether;
 3. max-pooling from strided slices (layers.max_pool) against a `reduce_window`, under those options;
-4. 1x1 convolutions as a matmul (layers.conv_general_dilated) against lax's, in ResNet-50's train steps, where
+4. 1x1 convolutions as a matmul (lowering.conv_general_dilated) against lax's, in ResNet-50's train steps, where
    XLA:CPU's convolution weight gradients transpose the activations.
 
     python -m benchmarks.lowering [--quick] [--out benchmarks/results/cpu_lowering.json]
@@ -34,7 +34,7 @@ QUICK_POINTWISE = POINTWISE[:1]
 
 
 def conv_case(size: int, repeats: int) -> dict:
-    from research.models.layers import conv_general_dilated
+    from research.models.lowering import conv_general_dilated
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((8, size, size, 512)), jnp.float32)
@@ -132,9 +132,9 @@ def pool_case(name: str, size: int, batch: int, repeats: int) -> dict:
 
 def pointwise_case(name: str, size: int, batch: int, repeats: int, preset: str) -> dict:
     """1x1 convolutions as `lax.conv_general_dilated` or as research's matmul, the other convolutions as ours."""
-    from research.models import layers
+    from research.models import layers, lowering
 
-    ours = layers.conv_general_dilated
+    ours = lowering.conv_general_dilated
 
     def lax_1x1(lhs, rhs, *args, **kwargs):
         return (lax.conv_general_dilated if rhs.shape[:2] == (1, 1) else ours)(lhs, rhs, *args, **kwargs)

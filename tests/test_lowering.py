@@ -11,7 +11,7 @@ from jax import lax
 
 from research import xla
 from research.errors import UserError
-from research.models import ModelSpec, layers
+from research.models import ModelSpec, layers, lowering
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -28,7 +28,7 @@ def both(shape, kernel, stride, padding, groups=1, seed=0):
                               feature_group_count=groups, **kw)
         return f(x, w), jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1))(x, w)
 
-    return run(lax.conv_general_dilated, precision="highest"), run(layers.conv_general_dilated), (x, w, numbers)
+    return run(lax.conv_general_dilated, precision="highest"), run(lowering.conv_general_dilated), (x, w, numbers)
 
 
 @pytest.mark.parametrize("shape,kernel,stride,padding", [
@@ -53,7 +53,7 @@ def test_matmul_convs_match_lax_with_their_gradients(shape, kernel, stride, padd
 
 def lowered_ops(shape, kernel, groups=1, padding=((1, 1), (1, 1)), stride=1) -> str:
     *_, (x, w, numbers) = both(shape, kernel, stride, padding, groups)
-    fn = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=numbers,
+    fn = jax.jit(lambda x, w: lowering.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=numbers,
                                                           feature_group_count=groups))
     return fn.lower(x, w).as_text()
 

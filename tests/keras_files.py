@@ -24,6 +24,14 @@ def randomize(model, seed: int = 0) -> None:
             shape = weights[0].shape
             new = [rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
                    rng.uniform(0.5, 2.0, shape)]
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            new = [rng.uniform(0.5, 1.5, w.shape) if i == 0 else rng.normal(0, 0.2, w.shape)
+                   for i, w in enumerate(weights)]
+        elif isinstance(layer, keras.layers.Normalization):  # mean, variance, count (an integer: kept)
+            mean, var, *rest = weights
+            layer.set_weights([rng.normal(100, 20, mean.shape).astype(np.float32),
+                               rng.uniform(500, 5000, var.shape).astype(np.float32), *rest])
+            continue
         else:
             kernel, *rest = weights
             fan_in = int(np.prod(kernel.shape[:-1]))
@@ -108,3 +116,45 @@ def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, ex
             same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
             assert all(jax.tree.leaves(same)), f"{style} converts differently from {styles[0]}"
         path.unlink()
+
+
+def reference(model, taps: dict, images, mode: str | None) -> dict[str, np.ndarray]:
+    """Keras' outputs at `taps` ({our tap: Keras layer name}) for uint8 `images`, preprocessed by
+    `preprocess_input(mode=...)` (None: raw 0-255 floats, for models that normalise inside). `pre_logits`, if
+    not in `taps`, is the GlobalAveragePooling2D layer's output, found by type; `logits` is `predictions` where
+    the model has it."""
+    import keras
+    from keras.applications import imagenet_utils
+
+    taps = dict(taps)
+    names = [layer.name for layer in model.layers]
+    if "pre_logits" not in taps:
+        taps["pre_logits"] = next(layer.name for layer in model.layers
+                                  if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+    if "logits" not in taps and "predictions" in names:
+        taps["logits"] = "predictions"
+    x = images.astype("float32")
+    if mode is not None:
+        x = imagenet_utils.preprocess_input(x, mode=mode)
+    probe = keras.Model(model.input, [model.get_layer(layer).output for layer in taps.values()])
+    out = dict(zip(taps, probe.predict(x, verbose=0)))
+    out["pre_logits"] = out["pre_logits"].reshape(len(images), -1)  # some tops pool with keepdims
+    return out
+
+
+def check_application(name: str, taps: dict, mode: str | None, images, tmp_path, styles, expected: dict,
+                      include_top: bool = True, seed: int = 0, **kwargs) -> None:
+    """keras.applications.`name` with random weights at `images`' size, written in each of `styles` and loaded
+    back: every style must convert alike and match Keras at every tap (see `check_styles`). `expected` holds
+    the spec fields and preprocessing the file must load as; `kwargs` go to the application (alpha, ...)."""
+    import keras
+
+    size = images.shape[1]
+    model = getattr(keras.applications, name)(weights=None, include_top=include_top, input_shape=(size, size, 3),
+                                              pooling=None if include_top else "avg", classifier_activation=None,
+                                              **kwargs)
+    randomize(model, seed=seed)
+    ref = reference(model, taps, images, mode)
+    check_styles(model, expected["arch"], styles, images, ref, tmp_path,
+                 {"layout": "keras", "include_top": include_top, "num_classes": 1000 if include_top else 0,
+                  **expected})

@@ -1,5 +1,5 @@
-"""The few-shot probe of big_vision's `fewshot_lsr` evaluator (Kolesnikov, Beyer, Zhai et al.: BiT, ViT), in JAX:
-closed-form L2-regularised least squares from n training rows per class to +-1 targets.
+"""The few-shot probe of big_vision's `fewshot_lsr` evaluator, in JAX: closed-form L2-regularised least squares
+from n training rows per class to +-1 targets (the "few-shot accuracy" of ViT, Dosovitskiy et al. 2021, 4.1).
 
 For each seed, each class's training rows are shuffled by `np.random.default_rng(seed)` (classes in id order)
 and the first n of them taken, for every n in `shots`, so the 1-shot set lies inside the 5-shot set; a class
@@ -106,7 +106,8 @@ def run(train_x, train_y, test_x, test_y, classes: int, shots=SHOTS, seeds: int 
     top = summary[str(shots[-1])]
     record = {"accuracy": top["accuracy"], "mean_per_class_accuracy": top["mean_per_class_accuracy"],
               "primary_shots": shots[-1], "shots": summary, "seeds": int(seeds), "l2": float(l2),
-              "n_train": per_shot[shots[-1]][0]["n_train"], "rows_missing_per_shots": short,
+              "n_train": per_shot[shots[-1]][0]["n_train"], "n_train_available": int(len(train_y)),
+              "rows_missing_per_shots": short,
               "report_of": f"seed 0 at {shots[-1]} shots (classification report, confusion matrix, saved model)",
               "protocol": "big_vision fewshot_lsr: L2-normalised, whitened on the chosen rows, bias column 100, "
                           "+-1 one-hot targets, closed-form ridge"}

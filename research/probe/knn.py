@@ -1,5 +1,5 @@
-"""The k-nearest-neighbour probe as DINO evaluates it (Caron et al. 2021, "Emerging Properties in
-Self-Supervised Vision Transformers", section 4.1 and its eval_knn protocol), in JAX.
+"""The k-nearest-neighbour probe as DINO evaluates features (Caron et al. 2021, "Emerging Properties in
+Self-Supervised Vision Transformers": a weighted k-NN, k = 20, temperature 0.07), in JAX.
 
 Train and test rows are L2-normalised, so a dot product is the cosine similarity. Each test row takes its
 k = 20 most similar training rows; neighbour j with similarity s_j votes exp(s_j / T), T = 0.07, for its class,

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from research.errors import UserError
+from research.probe import report
+
 SINGLE_LABEL = ("accuracy", "mean_per_class_accuracy")
 MULTI_LABEL = ("voc07_map", "accuracy")
 METRICS = ("accuracy", "mean_per_class_accuracy", "voc07_map")
@@ -68,8 +71,6 @@ def voc07_map(scores, targets) -> tuple[float, np.ndarray]:
 
 def single_label(y, pred, label_names) -> dict:
     """The scores and per-class report of single-label predictions (scikit-learn's classification_report)."""
-    from research.probe import report
-
     table, text = report.scores(y, pred, label_names)
     return {"accuracy": accuracy(y, pred), "mean_per_class_accuracy": mean_per_class_accuracy(y, pred),
             "macro_f1": float(table["macro avg"]["f1-score"]), "classification_report": table,
@@ -109,8 +110,6 @@ def _num(value) -> str:
 def primary(metric, multilabel: bool) -> str:
     """The metric a probe ranks taps by and reports first: VOC mAP for multi-label files, else accuracy unless
     asked; UserError for one the file cannot give."""
-    from research.errors import UserError
-
     allowed = MULTI_LABEL if multilabel else SINGLE_LABEL
     metric = metric or allowed[0]
     if metric not in allowed:

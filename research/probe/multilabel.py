@@ -43,4 +43,5 @@ def fit(x, targets, label_names, fit_binary) -> tuple[OneVsRest, dict]:
         model, record = fit_binary(x[keep], y, keep)
         models.append(model)
         records.append({"class": name, **{k: v for k, v in record.items() if k in ("best_C", "best_l2")}})
-    return OneVsRest(models), {"one_vs_rest": records, "best_C": float(np.median([r["best_C"] for r in records]))}
+    return OneVsRest(models), {"one_vs_rest": records, "best_C": float(np.median([r["best_C"] for r in records])),
+                               "best_C_is": "the median over classes; each class's own is in one_vs_rest"}

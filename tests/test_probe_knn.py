@@ -90,3 +90,18 @@ def test_cli(tmp_path):
     assert result["n_train"] + result["n_test"] == 400 and set(result["per_class"]) == set(names)
     assert result["versions"]["jax"] and result["time_s"] > 0
     assert sorted(result["files"]) == ["confusion", "json"]  # no model file: kNN's model is the training set
+
+
+def test_multi_tap_ranked_by_metric(tmp_path, capsys):
+    x, y, names = mixture(n=400, d=32, k=4)
+    noise = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    feats = write_feats(tmp_path / "taps.h5", {"stage1": noise, "stage2": x}, y, names)
+    out = tmp_path / "taps.json"
+    assert cli.main(["probe", str(feats), "--method", "knn", "--metric", "mean_per_class_accuracy",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean/class" in printed and "k=20" in printed and "stage1" in printed
+    result = json.loads(out.read_text())
+    assert result["best_tap"] == "stage2" and result["metric_value"] == max(
+        t["mean_per_class_accuracy"] for t in result["taps"])
+    assert (tmp_path / "taps.depth.png").is_file()

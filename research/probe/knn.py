@@ -6,7 +6,7 @@ k = 20 most similar training rows; neighbour j with similarity s_j votes exp(s_j
 and the class with the largest summed vote wins. A plain majority vote over the same k neighbours is computed
 alongside. Multi-label targets (1 / 0 / -1 ignored) vote the same way per class, and a class's score is its
 share of the vote: its positive neighbours' weight over all k neighbours' weight (ignored counts as absent);
-predicted present above one half.
+predicted present above one half. The majority vote's score is the share of neighbours.
 
 Determinism, equal values broken the same way on every backend:
 - neighbours: `jax.lax.top_k` keeps, of equally similar training rows, the lower row index;

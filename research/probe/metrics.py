@@ -1,7 +1,7 @@
 """Test-set scores for every probe: accuracy, mean per-class accuracy and PASCAL VOC 2007's 11-point mAP.
 
-Kornblith et al. (2019, section 3 and appendix A.3) report mean per-class accuracy for FGVC Aircraft,
-Oxford-IIIT Pets, Caltech-101 and Oxford 102 Flowers, 11-point mAP for VOC 2007 and top-1 accuracy for the rest.
+Kornblith et al. (2019) report mean per-class accuracy for FGVC Aircraft, Oxford-IIIT Pets, Caltech-101 and
+Oxford 102 Flowers, 11-point mAP for VOC 2007 and top-1 accuracy for the rest.
 Every probe JSON carries the fields below and names its primary one in `metric`.
 
 Multi-label targets are an (N, C) integer matrix: 1 present, 0 absent, -1 ignored. -1 is VOC's "difficult"

@@ -102,8 +102,15 @@ def add_features_parser(sub) -> None:
 def cmd_probe(args) -> None:
     from research import probe
 
+    options = {"k": args.k, "temperature": args.temperature, "shots": args.shots, "seeds": args.seeds}
     probe.run(args.feats, test=args.test, test_size=args.test_size, seed=args.seed, method=args.method,
-              standardize=args.standardize, out=args.out, overwrite=args.overwrite, echo=print)
+              standardize=args.standardize, out=args.out, overwrite=args.overwrite, echo=print,
+              metric=args.metric, options=options)
+
+
+def _int_list(text: str) -> list[int]:
+    """'1,5,10' -> [1, 5, 10]; argparse reports a ValueError as an invalid value."""
+    return [int(v) for v in text.split(",")]
 
 
 def add_probe_parser(sub) -> None:
@@ -114,8 +121,16 @@ def add_probe_parser(sub) -> None:
     test.add_argument("--test-size", type=float, default=0.25,
                       help="fraction of each class held out for test when --test is not given (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the splits and the folds")
-    p.add_argument("--method", default="logreg", choices=["logreg", "lbfgs"],
-                   help="logreg: scikit-learn with grid-searched C; lbfgs: JAX L-BFGS over 45 L2 strengths")
+    p.add_argument("--method", default="logreg", choices=["logreg", "lbfgs", "knn", "fewshot"],
+                   help="logreg: scikit-learn with grid-searched C; lbfgs: JAX L-BFGS over 45 L2 strengths; "
+                        "knn: DINO's weighted k-NN (and a majority vote); fewshot: big_vision's ridge, n per class")
+    p.add_argument("--metric", choices=["accuracy", "mean_per_class_accuracy", "voc07_map"],
+                   help="the primary metric, which ranks taps (default: accuracy; voc07_map for multi-label files)")
+    p.add_argument("--k", type=int, help="knn: neighbours (default 20)")
+    p.add_argument("--temperature", type=float, help="knn: vote weight exp(similarity / T) (default 0.07)")
+    p.add_argument("--shots", type=_int_list,
+                   help="fewshot: training rows per class, comma-separated (default 1,5,10,25)")
+    p.add_argument("--seeds", type=int, help="fewshot: draws averaged per shot count (default 5)")
     p.add_argument("--standardize", action="store_true", help="standardise features with train statistics")
     p.add_argument("--out", help="the result JSON (default: FEATS with .probe.json)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -4,6 +4,8 @@ One tap (the layout Keras-era scripts read: `db["features"]`, `db["labels"]`, `d
 - `features` (N, D) float32 or float16, `labels` int32 (N,), `label_names` (C,) and `paths` (N,) as UTF-8
   strings, `index` int64 (N,): each row's record in the dataset source.
 Several taps: `/<tap>/features` per tap instead of `features`; the rest stays at the root.
+Multi-label data: `labels` int8 (N, C), 1 present, 0 absent, -1 ignored (VOC's "difficult"); the probes read it
+(`research.probe.metrics`), the dump writes single-label sources only.
 
 Attributes (root; each tap group also holds its `tap` and `pooling`) record the weights, taps, pooling,
 preprocessing, resize policy, dataset and split, skipped files, version and dtype, and `complete`, written

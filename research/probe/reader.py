@@ -4,6 +4,8 @@ The file is read by `research.features.hdf5.read`, the one reader of the layout;
 needs (labels in range, finite features, one row per label) and names a single-tap file's tap `features`.
 
 Layout. Single-tap: datasets `features` (N, D), `labels` (N,), `label_names` (C,), optional `paths` (N,).
+Multi-label files have `labels` (N, C) instead: 1 present, 0 absent, -1 ignored (VOC's "difficult"; see
+`research.probe.metrics`).
 Multi-tap: a group per tap holding `features`, with `labels`, `label_names`, `paths` at the root; the root
 attribute `taps` (JSON list or array) gives the depth order, else the file's group order is used. Root
 attributes are provenance; `complete=True` is written last, so a file without it is refused.
@@ -40,6 +42,10 @@ class FeatureSet:
     def multi_tap(self) -> bool:
         return list(self.features) != [SINGLE]
 
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -65,7 +71,14 @@ def _check(path, features, labels, label_names, paths) -> None:
     n = len(labels)
     if n == 0:
         raise UserError(f"{path} holds no samples")
-    if labels.min() < 0 or labels.max() >= len(label_names):
+    if labels.ndim == 2:
+        if labels.shape[1] != len(label_names) or not np.isin(labels, (-1, 0, 1)).all():
+            raise UserError(f"{path}: multi-label labels must be ({n}, {len(label_names)}) with values 1, 0 or -1 "
+                            f"(present, absent, ignored); found shape {labels.shape}, values "
+                            f"{np.unique(labels)[:5].tolist()}")
+    elif labels.ndim != 1:
+        raise UserError(f"{path}: labels must be (N,) class ids or an (N, C) multi-label matrix, not {labels.shape}")
+    elif labels.min() < 0 or labels.max() >= len(label_names):
         raise UserError(f"{path}: labels must lie in [0, {len(label_names)}), found {labels.min()}..{labels.max()}")
     if paths is not None and len(paths) != n:
         raise UserError(f"{path}: {len(paths)} paths for {n} labels")

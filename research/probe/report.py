@@ -77,14 +77,14 @@ def confusion_png(path: Path, y_true, y_pred, label_names, title: str) -> Path:
     return _save(fig, plt, path)
 
 
-def depth_png(path: Path, taps, accuracy, title: str) -> Path:
-    """Test accuracy per tap, taps in depth order along x."""
+def depth_png(path: Path, taps, accuracy, title: str, ylabel: str = "test accuracy") -> Path:
+    """Test accuracy (or another score) per tap, taps in depth order along x."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(taps) + 2), 4))
     ax.plot(range(len(taps)), accuracy, marker="o")
     ax.set_xticks(range(len(taps)), taps, rotation=45, ha="right")
     ax.set_xlabel("tap (shallow to deep)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -100,10 +100,17 @@ def _save(fig, plt, path: Path) -> Path:
         plt.close(fig)
 
 
-def table(rows: list[dict]) -> str:
-    """The layer-wise table: one line per tap."""
-    lines = [f"{'tap':<24} {'dim':>6} {'accuracy':>9} {'macro f1':>9} {'C':>10} {'fit s':>7}"]
+def table(rows: list[dict], metric: str = "accuracy") -> str:
+    """The layer-wise table: one line per tap; `setting` is the chosen C, kNN's k or the few-shot count."""
+    head = metric if metric == "accuracy" else {"mean_per_class_accuracy": "mean/class", "voc07_map": "mAP"}[metric]
+    lines = [f"{'tap':<24} {'dim':>6} {head:>10} {'macro f1':>9} {'setting':>10} {'fit s':>7}"]
     for r in rows:
-        lines.append(f"{r['tap']:<24} {r['dim']:>6} {r['accuracy']:>9.4f} {r['macro_f1']:>9.4f} "
-                     f"{r['best_C']:>10.3g} {r['fit_time_s']:>7.2f}")
+        lines.append(f"{r['tap']:<24} {r['dim']:>6} {r[metric]:>10.4f} {r['macro_f1']:>9.4f} "
+                     f"{_setting(r):>10} {r['fit_time_s']:>7.2f}")
     return "\n".join(lines)
+
+
+def _setting(row: dict) -> str:
+    if "best_C" in row:
+        return f"C={row['best_C']:.3g}"
+    return f"k={row['k']}" if "k" in row else f"{row['primary_shots']}-shot"

@@ -1,8 +1,9 @@
-"""`run`: probe a feature file with a linear classifier and write the JSON, model and PNGs.
+"""`run`: probe a feature file (a linear classifier, kNN or few-shot ridge) and write the JSON, model and PNGs.
 
 The test part is either a stratified, seeded fraction of the file (`research.data.splits.stratified`, the
 same split the packer uses, keyed on the file's paths) or a second feature file with the same label names.
-Everything that chooses a hyperparameter sees the training part only.
+Everything that chooses a hyperparameter sees the training part only. Multi-label files (see `reader`) are
+split by a seeded shuffle of all rows and probed one-vs-rest; their primary metric is VOC 2007 mAP.
 """
 from __future__ import annotations
 
@@ -14,35 +15,47 @@ import numpy as np
 
 from research.data import splits
 from research.errors import UserError
-from research.probe import lbfgs, logreg, reader, report
+from research.probe import fewshot, knn, lbfgs, logreg, metrics, multilabel, reader, report
 
-METHODS = ("logreg", "lbfgs")
+METHODS = ("logreg", "lbfgs", "knn", "fewshot")
+ROW_NORMALISED = ("knn", "fewshot")  # these L2-normalise rows themselves
 
 
 def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = "logreg",
-        standardize: bool = False, out=None, overwrite: bool = False, echo=None) -> dict:
+        standardize: bool = False, out=None, overwrite: bool = False, echo=None, metric=None,
+        options=None) -> dict:
     """Fit the probe on every tap of `feats`, score it on the test part, write the outputs; the result dict.
 
-    `echo`, if given (the CLI passes `print`), receives the classification report or the layer-wise table.
+    `metric` ranks the taps and is named in the JSON (`metrics.primary`); `options` holds the kNN and few-shot
+    settings (k, temperature; shots, seeds). `echo`, if given (the CLI passes `print`), receives the
+    classification report or the layer-wise table.
     """
     _check_args(method, test, test_size, seed)
+    if standardize and method in ROW_NORMALISED:
+        raise UserError(f"--standardize applies to logreg and lbfgs; {method} L2-normalises rows itself")
     data = reader.read(feats)
-    outputs = _outputs(Path(feats), out, data.multi_tap, overwrite)
+    metric = metrics.primary(metric, data.multilabel)
+    if data.multilabel and method == "fewshot":
+        raise UserError(f"{data.path} is multi-label; the few-shot probe draws n rows per class of single labels")
+    skip = (("confusion",) if data.multilabel else ()) + (("model",) if method == "knn" else ())
+    outputs = _outputs(Path(feats), out, data.multi_tap, overwrite, skip)
     train_x, train_y, train_ids, test_x, test_y, source = _parts(data, test, test_size, seed)
-    if len(np.unique(train_y)) < 2:
+    if not data.multilabel and len(np.unique(train_y)) < 2:
         raise UserError(f"the training part of {data.path} holds a single class; a probe needs two or more")
     rows, models, preds = [], {}, {}
     for tap in data.taps:
         row, models[tap], preds[tap] = _probe_tap(tap, train_x[tap], train_y, test_x[tap], test_y,
-                                                  data.label_names, method, standardize, seed, train_ids)
+                                                  data.label_names, method, standardize, seed, train_ids,
+                                                  options or {})
         rows.append(row)
-    best = max(rows, key=lambda r: r["accuracy"])  # first of equals: the shallowest
+    best = max(rows, key=lambda r: r[metric])  # first of equals: the shallowest
     result = _result(data, rows, best, method, standardize, seed, source, outputs)
+    result = {"metric": metric, "metric_value": best[metric], **result}
     _write(outputs, result, models, preds, best, test_y, data)
     if echo:
-        echo(report.table(rows) if data.multi_tap else best["report_text"])
-        echo(f"{method}: test accuracy {best['accuracy']:.4f}" + (f" (best tap {best['tap']})" if data.multi_tap
-                                                                  else "") + f" -> {outputs['json']}")
+        echo(report.table(rows, metric) if data.multi_tap else best["report_text"])
+        echo(f"{method}: test {metric} {best[metric]:.4f}" + (f" (best tap {best['tap']})" if data.multi_tap
+                                                             else "") + f" -> {outputs['json']}")
     return result
 
 
@@ -55,14 +68,16 @@ def _check_args(method, test, test_size, seed) -> None:
         raise UserError(f"--test-size must be in (0, 1), got {test_size}")
 
 
-def _outputs(feats: Path, out, multi_tap: bool, overwrite: bool) -> dict:
-    """The paths to write; UserError if any exists (without overwrite) or the folder does not."""
+def _outputs(feats: Path, out, multi_tap: bool, overwrite: bool, skip=()) -> dict:
+    """The paths to write, less those in `skip`; UserError if any exists (without overwrite) or the folder does
+    not."""
     json_path = Path(out) if out else feats.with_suffix(".probe.json")
     stem = json_path.name[:-5] if json_path.name.endswith(".json") else json_path.name
     paths = {"json": json_path, "model": json_path.with_name(stem + ".model.joblib"),
              "confusion": json_path.with_name(stem + ".confusion.png")}
     if multi_tap:
         paths["depth"] = json_path.with_name(stem + ".depth.png")
+    paths = {k: p for k, p in paths.items() if k not in skip}
     if not json_path.parent.is_dir():
         raise UserError(f"the output folder {json_path.parent} does not exist")
     existing = [str(p) for p in paths.values() if p.exists()]
@@ -81,7 +96,10 @@ def _parts(data: reader.FeatureSet, test, test_size, seed):
         _check_match(data, other)
         source = {"kind": "file", "path": str(test), "provenance": other.attrs}
         return data.features, data.labels, ids, other.features, other.labels, source
-    split = splits.stratified(data.labels, ids, data.label_names, test=test_size, seed=seed)
+    if data.multilabel:  # one stratum: a seeded shuffle of all rows
+        split = splits.stratified(np.zeros(len(data), int), ids, ["all rows"], test=test_size, seed=seed)
+    else:
+        split = splits.stratified(data.labels, ids, data.label_names, test=test_size, seed=seed)
     if len(split.test) == 0:
         raise UserError(f"--test-size {test_size} leaves no test samples in {data.path}")
     train = {tap: x[split.train] for tap, x in data.features.items()}
@@ -104,28 +122,63 @@ def _check_match(train: reader.FeatureSet, test: reader.FeatureSet) -> None:
                             f"{test.features[tap].shape[1]} in {test.path}")
 
 
-def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed, ids):
-    """Fit one tap and score it on the test part: (row for the JSON, model, test predictions)."""
+def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed, ids, options):
+    """Fit one tap and score it on the test part: (row for the JSON, model, test predictions).
+
+    `fit_time_s` is the fit (for knn and fewshot, which fit and predict in one pass, both); `time_s` all of it."""
     start = time.perf_counter()
+    if method in ROW_NORMALISED:
+        model, pred, margins, record, n_train = _suite(method, x, y, test_x, test_y, label_names, options)
+        fit_time = time.perf_counter() - start
+    else:
+        if y.ndim == 2:
+            model, record = multilabel.fit(x, y, label_names, lambda xc, yc, keep: _fit(
+                method, xc, yc, [ids[i] for i in np.flatnonzero(keep)], ["absent", "present"], standardize, seed)[:2])
+            n_train = len(y)
+        else:
+            model, record, n_train = _fit(method, x, y, ids, label_names, standardize, seed)
+        fit_time = time.perf_counter() - start
+        pred = model.predict(test_x)
+        margins = model.decision_function(test_x) if y.ndim == 2 else None
+    scored = (metrics.multi_label(test_y, margins, pred, label_names) if y.ndim == 2 else
+              metrics.single_label(test_y, pred, label_names))
+    row = {"tap": tap, "dim": int(x.shape[1]), **scored, **record, "n_train": int(n_train),
+           "n_test": int(len(test_y)), "fit_time_s": fit_time, "time_s": time.perf_counter() - start}
+    return row, model, pred
+
+
+def _fit(method, x, y, ids, label_names, standardize, seed):
+    """One logreg or lbfgs fit: (model, record, rows fitted on)."""
     if method == "logreg":
         model, record = logreg.fit(x, y, standardize=standardize, seed=seed)
-        n_train = len(y)
+        return model, record, len(y)
+    part = splits.stratified(y, ids, label_names, validation=lbfgs.VALIDATION, seed=seed)
+    if len(part.validation) == 0:
+        raise UserError("too few training samples to carve a validation split for --method lbfgs")
+    t, v = part.train, part.validation
+    model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize)
+    return model, record, len(t) + len(v)  # the refit pools train and validation
+
+
+def _suite(method, x, y, test_x, test_y, label_names, options):
+    """kNN or few-shot: (model or None, test predictions, multi-label scores or None, record, n_train)."""
+    classes = len(label_names)
+    if method == "fewshot":
+        model, pred, record = fewshot.run(x, y, test_x, test_y, classes, **_pick(options, "shots", "seeds"))
+        return model, pred, None, record, record["n_train"]
+    weighted, votes, record = knn.fit_predict(x, y, test_x, classes, **_pick(options, "k", "temperature"))
+    if y.ndim == 2:
+        majority = metrics.multi_label(test_y, votes, votes > 0.5, label_names)
+        pred, margins = (weighted > 0.5).astype(np.int8), weighted
     else:
-        part = splits.stratified(y, ids, label_names, validation=lbfgs.VALIDATION, seed=seed)
-        if len(part.validation) == 0:
-            raise UserError("too few training samples to carve a validation split for --method lbfgs")
-        t, v = part.train, part.validation
-        model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize)
-        n_train = len(t) + len(v)  # the refit pools train and validation
-    fit_time = time.perf_counter() - start
-    pred = model.predict(test_x)
-    scores, text = report.scores(test_y, pred, label_names)
-    row = {"tap": tap, "dim": int(x.shape[1]), "accuracy": float(np.mean(pred == test_y)),
-           "macro_f1": float(scores["macro avg"]["f1-score"]), **record, "n_train": int(n_train),
-           "n_test": int(len(test_y)), "fit_time_s": fit_time, "classification_report": scores,
-           "per_class": {name: scores[name] for name in label_names if name in scores},
-           "macro avg": scores["macro avg"], "report_text": text}
-    return row, model, pred
+        majority, pred, margins = metrics.single_label(test_y, votes, label_names), weighted, None
+    record["majority"] = {k: majority[k] for k in ("accuracy", "mean_per_class_accuracy", "voc07_map", "macro_f1")
+                          if k in majority}
+    return None, pred, margins, record, len(y)
+
+
+def _pick(options: dict, *keys) -> dict:
+    return {k: options[k] for k in keys if options.get(k) is not None}
 
 
 def _result(data, rows, best, method, standardize, seed, source, outputs) -> dict:
@@ -146,7 +199,7 @@ def _result(data, rows, best, method, standardize, seed, source, outputs) -> dic
 
 
 def _jax_versions(method) -> dict:
-    if method != "lbfgs":
+    if method == "logreg":
         return {}
     import jax
     import optax
@@ -155,10 +208,13 @@ def _jax_versions(method) -> dict:
 
 def _write(outputs, result, models, preds, best, test_y, data) -> None:
     """Model and PNGs first, the JSON last: a JSON on disk means the whole probe finished."""
-    report.write_model(outputs["model"], models if data.multi_tap else models[best["tap"]])
+    metric = result["metric"]
+    if "model" in outputs:
+        report.write_model(outputs["model"], models if data.multi_tap else models[best["tap"]])
     title = f"{result['method']}: {best['accuracy']:.3f}" + (f" ({best['tap']})" if data.multi_tap else "")
-    report.confusion_png(outputs["confusion"], test_y, preds[best["tap"]], data.label_names, title)
+    if "confusion" in outputs:
+        report.confusion_png(outputs["confusion"], test_y, preds[best["tap"]], data.label_names, title)
     if data.multi_tap:
-        report.depth_png(outputs["depth"], data.taps, [r["accuracy"] for r in result["taps"]],
-                         f"{result['method']} probe accuracy by depth")
+        report.depth_png(outputs["depth"], data.taps, [r[metric] for r in result["taps"]],
+                         f"{result['method']} probe {metric.replace('_', ' ')} by depth", ylabel=f"test {metric}")
     report.write_json(outputs["json"], result)

@@ -1,6 +1,6 @@
 """From a source's tensors to the model's variables, and the check that they fit.
 
-Each source module supplies a name table (source layer -> (param path, kind)); the functions here turn one
+Each family supplies a name table per source (source layer -> (param path, kind); research/models/registry.py); the functions here turn one
 layer's tensors of a given kind into Flax leaves, and `assemble` checks the result against the model.
 """
 from __future__ import annotations
@@ -8,11 +8,13 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from research.errors import UserError
 from research.models import ModelSpec
+from research.models.registry import HEAD
 
 # Flax leaf name of each BatchNorm tensor, in the order Keras stores them, and where it lives.
 BN_LEAVES = (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))
@@ -65,28 +67,9 @@ def leaves(kind: str, path: str, tensors, where: str) -> dict:
     return build(path, *tensors)
 
 
-def resnet_table(arch: str, names: dict[str, str], kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """A source's ResNet layer names -> (param path, kind), from that source's naming templates.
-
-    `names` holds format strings: `stem_conv`, `stem_bn`, `head`, `block` (given the 1-based `stage` and
-    `block`, the 0-based `index`, and `group` = stage + 1 for sources that count the stem as group 1), and
-    `conv`, `bn`, `downsample_conv`, `downsample_bn` (given the block's source name `src` and the conv number
-    `k`). `kinds` names the source's kind for `conv`, `bn` and `dense`.
-    """
-    from research.models import resnet
-
-    table = {names["stem_conv"]: ("stem/conv1", kinds["conv"]), names["stem_bn"]: ("stem/bn1", kinds["bn"]),
-             names["head"]: ("head/fc", kinds["dense"])}
-    for stage, blocks in enumerate(resnet.STAGE_SIZES[arch][0], start=1):
-        for index in range(blocks):
-            src = names["block"].format(stage=stage, group=stage + 1, block=index + 1, index=index)
-            dst = f"stage{stage}/block{index + 1}"
-            for k in range(1, 4):
-                table[names["conv"].format(src=src, k=k)] = (f"{dst}/conv{k}", kinds["conv"])
-                table[names["bn"].format(src=src, k=k)] = (f"{dst}/bn{k}", kinds["bn"])
-            table[names["downsample_conv"].format(src=src)] = (f"{dst}/downsample/conv", kinds["conv"])
-            table[names["downsample_bn"].format(src=src)] = (f"{dst}/downsample/bn", kinds["bn"])
-    return table
+def head_name(table: dict) -> str:
+    """The source's name for the classifier (`head/fc`) in a name table: its presence means the file has a top."""
+    return next(src for src, (dst, _kind) in table.items() if dst == f"{HEAD}/fc")
 
 
 def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
@@ -101,9 +84,9 @@ def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def template(spec: ModelSpec) -> dict[tuple[str, ...], tuple[int, ...]]:
     """The model's variable shapes, flattened, at no compute cost."""
-    import jax.numpy as jnp
     model = spec.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), taps=spec.taps))
+    size = spec.input_size
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), taps=spec.taps))
     return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes).items()}
 
 

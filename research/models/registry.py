@@ -28,7 +28,11 @@ class Arch:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A family's weight files from one source (`keras`, `torchvision`, ...): how to recognise and read them."""
+    """A family's weight files from one source (`keras`, `torchvision`, ...): how to recognise and read them.
+
+    The name table maps the source's classifier to `head/fc`: whether a file holds that layer is what makes
+    its spec `include_top`, and its width the spec's `num_classes`. Kinds are the source module's
+    (research/weights/mapping.py KINDS for Keras; torchvision.SUFFIXES for torch files)."""
     preprocessing: str  # what its ImageNet weights were trained on (research/preprocess.py)
     names: Callable[[str], dict]  # arch -> {source layer: (param path, kind)}, the kinds of the source's module
     detect: Callable[[dict], str | None]  # the file's {layer: tensors} -> arch, or None if not this family's;

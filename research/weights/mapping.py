@@ -1,7 +1,8 @@
 """From a source's tensors to the model's variables, and the check that they fit.
 
-Each family supplies a name table per source (source layer -> (param path, kind); research/models/registry.py); the functions here turn one
-layer's tensors of a given kind into Flax leaves, and `assemble` checks the result against the model.
+Each family supplies a name table per source (source layer -> (param path, kind); research/models/registry.py);
+the functions here turn one layer's tensors of a given kind into Flax leaves, and `assemble` checks the result
+against the model.
 """
 from __future__ import annotations
 

@@ -86,15 +86,11 @@ def detect(layers: dict, path) -> ModelSpec:
 
 def identify(layers: dict, path) -> tuple[ModelSpec, dict]:
     """(spec, the family's name table for it) of a file's {layer: weights}."""
-    found = registry.detect(SOURCE, layers, path)
+    found = mapping.identify(SOURCE, layers, path, lambda head: layers[head][0].shape[-1] if head in layers else None)
     if found is None:
         sample = ", ".join(sorted(layers)[:5])
         raise UserError(f"{path}: not a Keras {registry.describe(SOURCE)} weight file (layers: {sample}, ...)")
-    family, arch = found
-    table = family.sources[SOURCE].names(arch)
-    head = mapping.head_name(table)
-    top = head in layers
-    return ModelSpec(arch, SOURCE, top, layers[head][0].shape[-1] if top else 0), table
+    return found
 
 
 def convert(path):

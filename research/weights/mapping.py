@@ -14,8 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from research.errors import UserError
-from research.models import ModelSpec
-from research.models.registry import HEAD
+from research.models import ModelSpec, registry
 
 # Flax leaf name of each BatchNorm tensor, in the order Keras stores them, and where it lives.
 BN_LEAVES = (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))
@@ -68,9 +67,17 @@ def leaves(kind: str, path: str, tensors, where: str) -> dict:
     return build(path, *tensors)
 
 
-def head_name(table: dict) -> str:
-    """The source's name for the classifier (`head/fc`) in a name table: its presence means the file has a top."""
-    return next(src for src, (dst, _kind) in table.items() if dst == f"{HEAD}/fc")
+def identify(source: str, contents: dict, path, head_width) -> tuple[ModelSpec, dict] | None:
+    """(spec, name table) of a `source` file whose {layer: tensors} are `contents`, as the family that claims it
+    says; None if none does. `head_width(name)`: the width of the file's classifier layer `name`, None if absent
+    (then the spec has no top)."""
+    found = registry.detect(source, contents, path)
+    if found is None:
+        return None
+    family, arch = found
+    table = family.sources[source].names(arch)
+    width = head_width(next(src for src, (dst, _kind) in table.items() if dst == f"{registry.HEAD}/fc"))
+    return ModelSpec(arch, source, width is not None, width or 0), table
 
 
 def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:

@@ -42,16 +42,13 @@ def _relayout(kind: str, suffix: str, x: np.ndarray) -> np.ndarray:
 
 def identify(state: dict, path, source: str = SOURCE, what: str = "") -> tuple[ModelSpec, dict]:
     """(spec, the family's name table for it) of a torch `state_dict` from `source`, by the families' detectors."""
-    found = registry.detect(source, state, path)
+    found = mapping.identify(source, state, path,
+                             lambda head: state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None)
     if found is None:
         sample = ", ".join(sorted(state)[:5])
         what = what or f"a torchvision {registry.describe(source)}"
         raise UserError(f"{path}: not {what} state_dict (keys: {sample}, ...)")
-    family, arch = found
-    table = family.sources[source].names(arch)
-    head = f"{mapping.head_name(table)}.weight"
-    top = head in state
-    return ModelSpec(arch, source, top, state[head].shape[0] if top else 0), table
+    return found
 
 
 def detect(state: dict, path) -> ModelSpec:

@@ -45,11 +45,7 @@ class Toy(nn.Module):
             x = ConvBlock(width, conv, norm, name=name)(x.astype(self.dtype))
             if got.add(name, x):
                 return got.out
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        got.add("logits", heads.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype)
 
 
 KERAS_NAMES = {"toy_conv1": ("stem/conv", "conv"), "toy_conv1_bn": ("stem/bn", "bn"),

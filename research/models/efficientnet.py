@@ -82,12 +82,7 @@ class EfficientNetLite(nn.Module):
         x = ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
         if got.add("top", x):
             return got.out
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        got.add("logits", heads.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype, train, self.dropout)
 
 
 class Stage(nn.Module):

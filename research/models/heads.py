@@ -93,6 +93,18 @@ class Head(nn.Module):
         return x
 
 
+def pooled_logits(got, x, num_classes: int, dtype: Any, train: bool = False, dropout: float = 0.0) -> dict:
+    """The usual end of a family's forward, called inside its compact `__call__`: `pre_logits`, the global average
+    of the last map, then (with a head) dropout and `Head` (named `head`) for `logits`. Returns the taps so far."""
+    x = jnp.mean(x, axis=(1, 2))
+    if got.add("pre_logits", x) or not num_classes:
+        return got.out
+    if dropout:
+        x = nn.Dropout(dropout, deterministic=not train)(x)
+    got.add("logits", Head(num_classes, dtype, name=HEAD)(x))
+    return got.out
+
+
 class Classifier(nn.Module):
     """A headless backbone plus a non-linear `Head`, with the backbone's params at their usual paths (the scope is
     shared) and the head's under `head/`, so freeze rules and converters see the same names as without it."""

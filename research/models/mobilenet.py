@@ -118,13 +118,7 @@ class MobileNet(nn.Module):
                 return got.out
         if version == 2:
             x = ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        if version == 1:
-            x = nn.Dropout(V1_DROPOUT, deterministic=not train)(x)
-        got.add("logits", heads.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype, train, V1_DROPOUT if version == 1 else 0.0)
 
 
 # Keras' MobileNet layer names, by the Keras block id `i` (v1 from 1, v2 from 0; v2's block 0 is

@@ -110,11 +110,7 @@ class ResNet(nn.Module):
                       name=f"stage{i + 1}")(x)
             if got.add(f"stage{i + 1}", x):
                 return got.out
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        got.add("logits", heads.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype)
 
 
 class Stem(nn.Module):

@@ -96,22 +96,22 @@ def test_real_photos_get_their_imagenet_class(named_photos, out224):
 def test_tap_shapes_at_224(out224, named_photos):
     n = len(named_photos)
     expected = {"stem": (112, 32), "stage1": (112, 16), "stage2": (56, 24), "stage3": (28, 40), "stage4": (14, 80),
-                "stage5": (14, 112), "stage6": (7, 192), "stage7": (7, 320), "head": (7, 1280)}
+                "stage5": (14, 112), "stage6": (7, 192), "stage7": (7, 320), "top": (7, 1280)}
     for tap, (side, channels) in expected.items():
         assert out224[tap].shape == (n, side, side, channels), tap
     assert out224["pre_logits"].shape == (n, 1280)
     assert out224["logits"].shape == (n, 1000)
-    np.testing.assert_allclose(out224["pre_logits"], np.asarray(out224["head"]).mean(axis=(1, 2)), rtol=1e-5,
+    np.testing.assert_allclose(out224["pre_logits"], np.asarray(out224["top"]).mean(axis=(1, 2)), rtol=1e-5,
                                atol=1e-6)
 
 
 def test_tap_shapes_at_64_and_the_forward_stops_at_the_deepest_tap(bundle, named_photos):
     images = np.stack([center_crop(im, 64) for im in named_photos.values()])[:2]
-    out = bundle.features(images, taps=("stem", "stage4", "head"))
-    assert set(out) == {"stem", "stage4", "head"}
+    out = bundle.features(images, taps=("stem", "stage4", "top"))
+    assert set(out) == {"stem", "stage4", "top"}
     assert out["stem"].shape == (2, 32, 32, 32)
     assert out["stage4"].shape == (2, 4, 4, 80)
-    assert out["head"].shape == (2, 2, 2, 1280)
+    assert out["top"].shape == (2, 2, 2, 1280)
 
 
 def test_taps_of_the_spec():
@@ -151,14 +151,14 @@ def test_a_file_with_squeeze_excitation_is_refused(path, monkeypatch):
 
 
 def test_bfloat16_is_close_to_float32(bundle, named_photos, out224):
-    """Depthwise convs run in float32 (see EfficientNetLite._partials); in bfloat16 the stage taps were 10-15% off.
-    The spatial `head` tap's single worst element is still ~7% off, so it is judged on its mean error; its pooled
+    """Depthwise convs run in float32 (see blocks.mobile_partials); in bfloat16 the stage taps were 10-15% off.
+    The spatial `top` tap's single worst element is still ~7% off, so it is judged on its mean error; its pooled
     features and the logits meet the tolerance."""
     images = np.stack(list(named_photos.values()))
     out = bundle.features(images, taps=bundle.spec.taps, dtype="bfloat16")
     errors = {tap: parity.relative_error(out[tap], out224[tap]) for tap in ("stage4", "stage7", "pre_logits", "logits")}
     assert all(e < parity.BFLOAT16 for e in errors.values()), errors
-    head, ref = np.asarray(out["head"], np.float64), np.asarray(out224["head"], np.float64)
+    head, ref = np.asarray(out["top"], np.float64), np.asarray(out224["top"], np.float64)
     assert np.abs(head - ref).mean() / np.abs(ref).mean() < parity.BFLOAT16
     assert parity.relative_error(head, ref) < 2 * parity.BFLOAT16
     assert (np.asarray(out["logits"]).argmax(1) == np.asarray(out224["logits"]).argmax(1)).all()

@@ -54,7 +54,7 @@ def bundle(path):
 
 
 def source_taps(model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Our taps from the source's forward, via hooks: the stem and head are the two calls of the model's shared
+    """Our taps from the source's forward, via hooks: the stem and top are the two calls of the model's shared
     ReLU6 module (`_swish`), stage s ends at its last `_blocks` entry, pre_logits is what `_fc` receives."""
     got, relu6_calls = {}, []
     hooks = [model._swish.register_forward_hook(lambda _m, _i, out: relu6_calls.append(out)),
@@ -69,8 +69,8 @@ def source_taps(model, x: np.ndarray) -> dict[str, np.ndarray]:
     finally:
         for hook in hooks:
             hook.remove()
-    assert len(relu6_calls) == 2, "expected the shared ReLU6 to run once for the stem and once for the head"
-    got["stem"], got["head"] = relu6_calls
+    assert len(relu6_calls) == 2, "expected the shared ReLU6 to run once for the stem and once for the top"
+    got["stem"], got["top"] = relu6_calls
     return {tap: parity.nchw_to_nhwc(value.numpy()) for tap, value in got.items()}
 
 

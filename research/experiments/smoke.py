@@ -26,7 +26,7 @@ def keras_file(arch: str, include_top: bool, out: Path, seed: int = 0) -> Path:
 
     spec = ModelSpec(arch, "keras", include_top, 1000 if include_top else 0)
     flat = _initial_variables(spec, seed)
-    table = keras.resnet_names(arch) if spec.family == "resnet" else keras.vgg_names(arch)
+    table = spec.record.sources[keras.SOURCE].names(arch)
     layers = {name: _stored_order(flat, path, kind) for name, (path, kind) in table.items()
               if ("params", *path.split("/"), "kernel") in flat or ("params", *path.split("/"), "scale") in flat}
     _write_keras2(layers, out)

@@ -1,8 +1,10 @@
-"""EfficientNet-Lite: MBConv stages without squeeze-excitation, ReLU6 throughout, BatchNorm epsilon 1e-3.
+"""EfficientNet-Lite: MBConv stages (`blocks.InvertedResidual`) without squeeze-excitation, ReLU6 throughout,
+BatchNorm epsilon 1e-3.
 
 Param paths: `stem/conv`, `stem/bn`, `stage{s}/block{j}/{expand,depthwise,project}_{conv,bn}` (stage 1 has no
 expansion), `top/conv`, `top/bn` (the 1x1 conv to 1280; not `head`, which is the classifier everywhere, so that a
-fresh head never drops it) and `head/fc`.
+fresh head never drops it) and `head/fc`. Each tap is named after the module it ends: `top` is the 1x1 conv's
+output, `pre_logits` its global average.
 
 Padding: the TF originals use "SAME", which for stride 2 pads one pixel less on the top/left than on the
 bottom/right (and for stride 1 pads k//2 on each side); a PyTorch port may instead pad k//2 symmetrically.
@@ -14,16 +16,18 @@ while "same" gives the expected class more probability on 4 of 5 photos.
 """
 from __future__ import annotations
 
-import functools
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
-from research.models import layers
+from research.errors import UserError
+from research.models import heads, layers
+from research.models.blocks import ConvBN, InvertedResidual, mobile_partials
+from research.models.registry import Arch, Family, Source, TapCollector
 
-TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head", "pre_logits",
+TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top", "pre_logits",
         "logits")
 
 # (expand ratio, kernel, stride, out channels, repeats) per MBConv stage.
@@ -42,39 +46,6 @@ DROPOUT = 0.2  # before the classifier, in training
 DROP_CONNECT = 0.2  # stochastic depth of the residual branches, growing linearly to this at the last block
 
 
-class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, kxk depthwise, 1x1 project; a skip where stride 1 and in == out."""
-    expand_ratio: int
-    kernel: int
-    stride: int
-    features: int
-    padding: str
-    drop_connect: float
-    train: bool
-    conv: Any
-    norm: Any
-
-    @nn.compact
-    def __call__(self, x):
-        residual = x
-        hidden = x.shape[-1] * self.expand_ratio
-        if self.expand_ratio != 1:
-            x = self.conv(hidden, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
-            x = layers.relu6(self.norm(name="expand_bn")(x))
-        k, s = self.kernel, self.stride
-        x = self.conv(hidden, (k, k), (s, s), padding=layers.conv_padding(x.shape[1:3], k, s, self.padding),
-                      feature_group_count=hidden, dtype=jnp.float32,  # float32: see EfficientNetLite._partials
-                      name="depthwise_conv")(x)
-        x = layers.relu6(self.norm(name="depthwise_bn")(x))
-        x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
-        x = self.norm(name="project_bn")(x)
-        if self.stride == 1 and residual.shape[-1] == self.features:
-            if self.drop_connect:
-                x = nn.Dropout(self.drop_connect, broadcast_dims=(1, 2, 3), deterministic=not self.train)(x)
-            x = x + residual
-        return x
-
-
 class EfficientNetLite(nn.Module):
     """Returns a dict of the requested taps; computes nothing past the deepest one.
 
@@ -88,27 +59,14 @@ class EfficientNetLite(nn.Module):
     drop_connect: float = DROP_CONNECT
     frozen_bn: frozenset = frozenset()  # BatchNorm paths kept in inference mode when training
 
-    def _partials(self, train: bool):
-        """Reduced precision (`dtype` bfloat16) is applied only where this family tolerates it. Depthwise convs sum a
-        few large terms that nearly cancel, and conv outputs sit far from zero relative to their spread, so
-        rounding either to bfloat16 before BatchNorm normalises it amplifies the error: all-bfloat16 puts the
-        stage taps 10-15% off (max-abs, relative). So depthwise convs run in float32 (see MBConv), the other convs
-        multiply in `dtype` but accumulate into and return float32, and BatchNorm runs in float32; the stage taps
-        then stay within ~3% (tests/test_efficientnet_lite.py)."""
-        conv = layers.conv_partial(self.dtype, use_bias=False)
-        if self.dtype != jnp.float32:
-            conv = functools.partial(conv, conv_general_dilated=functools.partial(
-                lax.conv_general_dilated, preferred_element_type=jnp.float32))
-        return conv, layers.norm_partial(jnp.float32, train, **BN_SETTINGS, frozen=self.frozen_bn)
-
     @nn.compact
     def __call__(self, x, train: bool = False, taps: Sequence[str] = ("logits",)):
         padding = self.padding or LAYOUT_PADDING[self.layout]
-        conv, norm = self._partials(train)
-        got = layers.TapCollector(taps)
+        conv, norm = mobile_partials(self.dtype, train, BN_SETTINGS, self.frozen_bn)  # bfloat16: see there
+        got = TapCollector(taps)
 
         x = x.astype(self.dtype)
-        x = layers.ConvBN(STEM_FEATURES, 3, 2, padding, conv, norm, name="stem")(x)
+        x = ConvBN(STEM_FEATURES, 3, 2, padding, conv, norm, name="stem")(x)
         if got.add("stem", x):
             return got.out
         total = sum(stage[4] for stage in self.stages)
@@ -121,15 +79,10 @@ class EfficientNetLite(nn.Module):
             index += repeats
             if got.add(f"stage{s}", x):
                 return got.out
-        x = layers.ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
-        if got.add("head", x):
+        x = ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
+        if got.add("top", x):
             return got.out
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype, train, self.dropout)
 
 
 class Stage(nn.Module):
@@ -147,6 +100,84 @@ class Stage(nn.Module):
     @nn.compact
     def __call__(self, x):
         for j in range(self.repeats):
-            x = MBConv(self.expand_ratio, self.kernel, self.stride if j == 0 else 1, self.features, self.padding,
-                       self.drop_connect[j], self.train, self.conv, self.norm, name=f"block{j + 1}")(x)
+            x = InvertedResidual(self.expand_ratio, self.kernel, self.stride if j == 0 else 1, self.features,
+                                 self.conv, self.norm, self.padding, drop_connect=self.drop_connect[j],
+                                 train=self.train, name=f"block{j + 1}")(x)
         return x
+
+
+SOURCE = "efficientnet_pytorch"  # EfficientNet-PyTorch's naming: the layout and the weights' source framework
+STEM_KEY = "_conv_stem.weight"
+SE_MARK = "_se_reduce"
+
+# EfficientNet-PyTorch's module names, per block: source module -> (param name inside stage{s}/block{j}, kind).
+BLOCK_NAMES = {
+    "_expand_conv": ("expand_conv", "conv"), "_bn0": ("expand_bn", "bn"),
+    "_depthwise_conv": ("depthwise_conv", "conv"), "_bn1": ("depthwise_bn", "bn"),
+    "_project_conv": ("project_conv", "conv"), "_bn2": ("project_bn", "bn"),
+}
+OUTER_NAMES = {
+    "_conv_stem": ("stem/conv", "conv"), "_bn0": ("stem/bn", "bn"),
+    "_conv_head": ("top/conv", "conv"), "_bn1": ("top/bn", "bn"),
+    "_fc": ("head/fc", "linear"),
+}
+
+
+def names(arch: str) -> dict[str, tuple[str, str]]:
+    """torch module name -> (param path, kind). Blocks are numbered globally in the source, per stage here."""
+    table = dict(OUTER_NAMES)
+    index = 0
+    for s, (expand, _k, _stride, _out, repeats) in enumerate(VARIANTS[arch], start=1):
+        for j in range(1, repeats + 1):
+            for src, (dst, kind) in BLOCK_NAMES.items():
+                if expand != 1 or src not in ("_expand_conv", "_bn0"):
+                    table[f"_blocks.{index}.{src}"] = (f"stage{s}/block{j}/{dst}", kind)
+            index += 1
+    return table
+
+
+def _block_signature(state: dict) -> list[tuple[int, int, int]]:
+    """(expand ratio, kernel, out channels) of each `_blocks.N`, from the tensor shapes."""
+    count = len({m.group(1) for k in state if (m := re.match(r"_blocks\.(\d+)\.", k))})
+    out = []
+    for i in range(count):
+        depthwise = state.get(f"_blocks.{i}._depthwise_conv.weight")
+        project = state.get(f"_blocks.{i}._project_conv.weight")
+        if depthwise is None or project is None:
+            return []
+        expand = state.get(f"_blocks.{i}._expand_conv.weight")
+        ratio = depthwise.shape[0] // expand.shape[1] if expand is not None else 1
+        out.append((ratio, depthwise.shape[-1], project.shape[0]))
+    return out
+
+
+def detect(state: dict) -> str | None:
+    if STEM_KEY not in state:
+        return None
+    if any(SE_MARK in k for k in state):
+        raise UserError(f"an EfficientNet with squeeze-excitation ({SE_MARK} keys), not EfficientNet-Lite; "
+                        f"only the Lite models ({', '.join(VARIANTS)}) are supported")
+    found = _block_signature(state)
+    for arch, stages in VARIANTS.items():
+        expected = [(e, k, c) for e, k, _s, c, n in stages for _ in range(n)]
+        if found == expected and state[STEM_KEY].shape[0] == STEM_FEATURES:
+            return arch
+    raise UserError(f"an EfficientNet-Lite with {len(found)} blocks (expand, kernel, out) {found[:3]}..., "
+                    f"which is none of {', '.join(VARIANTS)}")
+
+
+def build(spec, config, **common):
+    return EfficientNetLite(config, spec.layout, **common)
+
+
+FAMILY = Family(
+    name="efficientnet",
+    archs={arch: Arch(stages, (SOURCE,)) for arch, stages in VARIANTS.items()},
+    build=build,
+    taps=TAPS,
+    modules=("stem", *(f"stage{i}" for i in range(1, 8)), "top", "head"),
+    top_block="stage7",
+    bn={SOURCE: BN_SETTINGS},
+    # (x - 127) / 128, the TF-Lite convention: see research/weights/efficientnet_lite.py
+    sources={SOURCE: Source("tflite", names, detect, "EfficientNet-Lite")},
+)

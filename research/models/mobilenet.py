@@ -15,18 +15,19 @@ v2: 0 | 1-2 | 3-5 | 6-12 | 13-16). `stage5` of v2 is block 16's projection (320 
 
 Padding is explicit: Keras' `padding="same"` (the stem conv, stride-1 depthwise convs) is TF's SAME, which for
 stride 2 pads less on the top/left; v1's stride-2 depthwise convs pad ((0, 1), (0, 1)) by ZeroPadding2D whatever
-the input size, v2's by `imagenet_utils.correct_pad` (equal to SAME for a 3x3 kernel).
+the input size, v2's by `imagenet_utils.correct_pad` (equal to SAME, which `blocks.InvertedResidual` uses).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
-from research.models import layers
+from research.errors import UserError
+from research.models import heads, layers
+from research.models.blocks import ConvBN, InvertedResidual, depthwise, mobile_partials
+from research.models.registry import Arch, Family, Source, TapCollector
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "pre_logits", "logits")
 
@@ -57,19 +58,7 @@ def keras_blocks(arch: str):
             block_id += 1
 
 
-def correct_pad(size: Sequence[int], kernel: int):
-    """keras.applications.imagenet_utils.correct_pad, before v2's stride-2 depthwise convs."""
-    return tuple((kernel // 2 - (1 - n % 2), kernel // 2) for n in size)
-
-
 V1_STRIDE2_PAD = ((0, 1), (0, 1))  # v1's ZeroPadding2D before its stride-2 depthwise convs
-
-
-def depthwise(conv, x, stride: int, padding, name: str):
-    """A 3x3 depthwise conv, in float32 (see MobileNet._partials)."""
-    c = x.shape[-1]
-    return conv(c, (3, 3), (stride, stride), padding=padding, feature_group_count=c, dtype=jnp.float32,
-                name=name)(x)
 
 
 class V1Block(nn.Module):
@@ -82,34 +71,10 @@ class V1Block(nn.Module):
     @nn.compact
     def __call__(self, x):
         padding = V1_STRIDE2_PAD if self.stride == 2 else layers.pad(1)
-        x = depthwise(self.conv, x, self.stride, padding, "depthwise_conv")
+        x = depthwise(self.conv, x, 3, self.stride, padding, "depthwise_conv")
         x = layers.relu6(self.norm(name="depthwise_bn")(x))
         x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="pointwise_conv")(x)
         return layers.relu6(self.norm(name="pointwise_bn")(x))
-
-
-class V2Block(nn.Module):
-    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 linear projection; a skip where stride 1 and in == out."""
-    expansion: int
-    features: int
-    stride: int
-    conv: Any
-    norm: Any
-
-    @nn.compact
-    def __call__(self, x):
-        residual = x
-        if self.expansion != 1:
-            x = self.conv(x.shape[-1] * self.expansion, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
-            x = layers.relu6(self.norm(name="expand_bn")(x))
-        padding = correct_pad(x.shape[1:3], 3) if self.stride == 2 else layers.pad(1)
-        x = depthwise(self.conv, x, self.stride, padding, "depthwise_conv")
-        x = layers.relu6(self.norm(name="depthwise_bn")(x))
-        x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
-        x = self.norm(name="project_bn")(x)
-        if self.stride == 1 and residual.shape[-1] == self.features:
-            x = x + residual
-        return x
 
 
 class Stage(nn.Module):
@@ -120,9 +85,12 @@ class Stage(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        block = V1Block if self.version == 1 else V2Block
         for j, args in enumerate(self.blocks, start=1):
-            x = block(*args, self.conv, self.norm, name=f"block{j}")(x)
+            if self.version == 1:
+                x = V1Block(*args, self.conv, self.norm, name=f"block{j}")(x)
+            else:
+                expansion, features, stride = args
+                x = InvertedResidual(expansion, 3, stride, features, self.conv, self.norm, name=f"block{j}")(x)
         return x
 
 
@@ -135,22 +103,13 @@ class MobileNet(nn.Module):
     dtype: Any = jnp.float32
     frozen_bn: frozenset = frozenset()  # BatchNorm paths kept in inference mode when training
 
-    def _partials(self, train: bool):
-        """As in EfficientNetLite: with a reduced-precision `dtype`, depthwise convs run in float32, the other
-        convs accumulate into float32 and BatchNorm runs in float32."""
-        conv = layers.conv_partial(self.dtype, use_bias=False)
-        if self.dtype != jnp.float32:
-            conv = functools.partial(conv, conv_general_dilated=functools.partial(
-                lax.conv_general_dilated, preferred_element_type=jnp.float32))
-        return conv, layers.norm_partial(jnp.float32, train, **BN_SETTINGS[self.arch], frozen=self.frozen_bn)
-
     @nn.compact
     def __call__(self, x, train: bool = False, taps: Sequence[str] = ("logits",)):
         version = 1 if self.arch == "mobilenet_v1" else 2
-        conv, norm = self._partials(train)
-        got = layers.TapCollector(taps)
+        conv, norm = mobile_partials(self.dtype, train, BN_SETTINGS[self.arch], self.frozen_bn)
+        got = TapCollector(taps)
 
-        x = layers.ConvBN(STEM_FEATURES, 3, 2, "same", conv, norm, name="stem")(x.astype(self.dtype))
+        x = ConvBN(STEM_FEATURES, 3, 2, "same", conv, norm, name="stem")(x.astype(self.dtype))
         if got.add("stem", x):
             return got.out
         for s, blocks in enumerate(VARIANTS[self.arch], start=1):
@@ -158,11 +117,62 @@ class MobileNet(nn.Module):
             if got.add(f"stage{s}", x):
                 return got.out
         if version == 2:
-            x = layers.ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        if version == 1:
-            x = nn.Dropout(V1_DROPOUT, deterministic=not train)(x)
-        got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+            x = ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype, train, V1_DROPOUT if version == 1 else 0.0)
+
+
+# Keras' MobileNet layer names, by the Keras block id `i` (v1 from 1, v2 from 0; v2's block 0 is
+# `expanded_conv`, prefix `p`): layer -> (our module within the block, kind).
+KERAS_BLOCK_NAMES = {
+    "mobilenet_v1": {"conv_dw_{i}": ("depthwise_conv", "depthwise"), "conv_dw_{i}_bn": ("depthwise_bn", "bn"),
+                     "conv_pw_{i}": ("pointwise_conv", "conv"), "conv_pw_{i}_bn": ("pointwise_bn", "bn")},
+    "mobilenet_v2": {"{p}_expand": ("expand_conv", "conv"), "{p}_expand_BN": ("expand_bn", "bn"),
+                     "{p}_depthwise": ("depthwise_conv", "depthwise"), "{p}_depthwise_BN": ("depthwise_bn", "bn"),
+                     "{p}_project": ("project_conv", "conv"), "{p}_project_BN": ("project_bn", "bn")},
+}
+# v1's `conv_preds` is a 1x1 conv with bias on a 1x1 map, converted to a dense layer (`conv_dense`).
+KERAS_OTHER_NAMES = {
+    "mobilenet_v1": {"conv1": ("stem/conv", "conv"), "conv1_bn": ("stem/bn", "bn"),
+                     "conv_preds": ("head/fc", "conv_dense")},
+    "mobilenet_v2": {"Conv1": ("stem/conv", "conv"), "bn_Conv1": ("stem/bn", "bn"), "Conv_1": ("top/conv", "conv"),
+                     "Conv_1_bn": ("top/bn", "bn"), "predictions": ("head/fc", "dense")},
+}
+# Alpha 1.0 only: (a layer only this version has, layers whose output channels alpha scales, and their width).
+KERAS_WIDTHS = {"mobilenet_v1": ("conv_dw_1", {"conv1": 32, "conv_pw_13": 1024}),
+                "mobilenet_v2": ("block_1_expand", {"Conv1": 32, "block_16_project": 320})}
+
+
+def keras_names(arch: str) -> dict[str, tuple[str, str]]:
+    table = dict(KERAS_OTHER_NAMES[arch])
+    for i, stage, block in keras_blocks(arch):
+        prefix = f"block_{i}" if i else "expanded_conv"
+        for name, (module, kind) in KERAS_BLOCK_NAMES[arch].items():
+            table[name.format(i=i, p=prefix)] = (f"stage{stage}/block{block}/{module}", kind)
+    return table
+
+
+def detect_keras(layers: dict) -> str | None:
+    arch = next((a for a, (mark, _) in KERAS_WIDTHS.items() if mark in layers), None)
+    if arch is None:
+        return None
+    widths = KERAS_WIDTHS[arch][1]
+    got = {name: layers[name][0].shape[-1] if name in layers else None for name in widths}
+    if got != widths:
+        raise UserError(f"a Keras {arch} file of another width (output channels {got}, expected {widths}); "
+                        "only alpha 1.0 is supported")
+    return arch
+
+
+def build(spec, config, **common):
+    return MobileNet(spec.arch, spec.layout, **common)
+
+
+FAMILY = Family(
+    name="mobilenet",
+    archs={arch: Arch(stages, ("keras",), bn=BN_SETTINGS[arch]) for arch, stages in VARIANTS.items()},
+    build=build,
+    taps=TAPS,
+    modules=("stem", *(f"stage{i}" for i in range(1, 6)), "top", "head"),  # only v2 has `top`
+    top_block="stage5",
+    sources={"keras": Source("tf", keras_names, detect_keras, "MobileNet/MobileNetV2")},
+)

@@ -7,12 +7,16 @@ tap names do not depend on where the weights came from.
 """
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models import layers
+from research.errors import UserError
+from research.models import heads, layers
+from research.models.registry import Arch, Family, Source, TapCollector
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "pre_logits", "logits")
 
@@ -96,7 +100,7 @@ class ResNet(nn.Module):
         bn = layers.BN_SETTINGS[self.layout]
         conv = layers.conv_partial(self.dtype, use_bias=self.layout == "keras")
         norm = layers.norm_partial(self.dtype, train, **bn, frozen=self.frozen_bn)
-        got = layers.TapCollector(taps)
+        got = TapCollector(taps)
 
         x = Stem(conv, norm, name="stem")(x.astype(self.dtype))
         if got.add("stem", x):
@@ -106,11 +110,7 @@ class ResNet(nn.Module):
                       name=f"stage{i + 1}")(x)
             if got.add(f"stage{i + 1}", x):
                 return got.out
-        x = jnp.mean(x, axis=(1, 2))
-        if got.add("pre_logits", x) or not self.num_classes:
-            return got.out
-        got.add("logits", layers.Head(self.num_classes, self.dtype, name="head")(x))
-        return got.out
+        return heads.pooled_logits(got, x, self.num_classes, self.dtype)
 
 
 class Stem(nn.Module):
@@ -124,6 +124,7 @@ class Stem(nn.Module):
         return layers.max_pool(x, 3, 2, padding=1)
 
 
+# arch -> (blocks per stage, bottleneck blocks)
 STAGE_SIZES = {
     "resnet18": ((2, 2, 2, 2), False),
     "resnet34": ((3, 4, 6, 3), False),
@@ -131,3 +132,90 @@ STAGE_SIZES = {
     "resnet101": ((3, 4, 23, 3), True),
     "resnet152": ((3, 8, 36, 3), True),
 }
+KERAS_ARCHS = ("resnet50", "resnet101", "resnet152")  # Keras has no ResNet-18/34
+
+# Each source's layer names as templates: `stem_conv`, `stem_bn`, `head`, `block` (given the 1-based `stage` and
+# `block`, the 0-based `index`, and `group` = stage + 1 for Keras, which counts the stem as group 1), and `conv`,
+# `bn`, `downsample_conv`, `downsample_bn` (given the block's source name `src` and the conv number `k`); `kinds`
+# names the source's kind for a conv, a BatchNorm and the classifier.
+NAMES = {
+    # keras.applications.resnet: conv{stage + 1}_block{n}_{k}_conv; _0_ is the shortcut.
+    "keras": {"stem_conv": "conv1_conv", "stem_bn": "conv1_bn", "head": "predictions",
+              "block": "conv{group}_block{block}", "conv": "{src}_{k}_conv", "bn": "{src}_{k}_bn",
+              "downsample_conv": "{src}_0_conv", "downsample_bn": "{src}_0_bn",
+              "kinds": {"conv": "conv", "bn": "bn", "dense": "dense"}},
+    # torchvision: layer{stage}.{index}.conv{k}; downsample.0/1 is the shortcut.
+    "torchvision": {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc",
+                    "block": "layer{stage}.{index}", "conv": "{src}.conv{k}", "bn": "{src}.bn{k}",
+                    "downsample_conv": "{src}.downsample.0", "downsample_bn": "{src}.downsample.1",
+                    "kinds": {"conv": "conv", "bn": "bn", "dense": "linear"}},
+}
+KERAS_BLOCKS_IN_CONV4 = {6: "resnet50", 23: "resnet101", 36: "resnet152"}
+
+
+def names(source: str, arch: str) -> dict[str, tuple[str, str]]:
+    """`source`'s layer names of `arch` -> (param path, kind)."""
+    form, kinds = NAMES[source], NAMES[source]["kinds"]
+    table = {form["stem_conv"]: ("stem/conv1", kinds["conv"]), form["stem_bn"]: ("stem/bn1", kinds["bn"]),
+             form["head"]: ("head/fc", kinds["dense"])}
+    for stage, blocks in enumerate(STAGE_SIZES[arch][0], start=1):
+        for index in range(blocks):
+            src = form["block"].format(stage=stage, group=stage + 1, block=index + 1, index=index)
+            dst = f"stage{stage}/block{index + 1}"
+            for k in range(1, 4):
+                table[form["conv"].format(src=src, k=k)] = (f"{dst}/conv{k}", kinds["conv"])
+                table[form["bn"].format(src=src, k=k)] = (f"{dst}/bn{k}", kinds["bn"])
+            table[form["downsample_conv"].format(src=src)] = (f"{dst}/downsample/conv", kinds["conv"])
+            table[form["downsample_bn"].format(src=src)] = (f"{dst}/downsample/bn", kinds["bn"])
+    return table
+
+
+def detect_keras(layers: dict) -> str | None:
+    names = set(layers)
+    # ResNetV2 shares conv1_conv and the conv{g}_block{n}_{k}_conv names; refused here until it is a family.
+    if "post_bn" in names or "conv2_block1_preact_bn" in names:
+        raise UserError("a Keras ResNetV2 file; only ResNet v1 (ResNet50/101/152) is supported")
+    if "res2a_branch2a" in names:
+        raise UserError("the 2016 Keras ResNet50 file (res2a_branch2a names, BN epsilon 1e-3, an unpadded "
+                        "max-pool), which differs from keras.applications' current ResNet50; use the current file")
+    if "conv1_conv" not in names or "conv2_block1_1_conv" not in names:
+        return None
+    blocks = sum(bool(re.fullmatch(r"conv4_block\d+_1_conv", n)) for n in names)
+    if blocks not in KERAS_BLOCKS_IN_CONV4:
+        raise UserError(f"a Keras ResNet with {blocks} blocks in conv4; known: 6, 23, 36")
+    return KERAS_BLOCKS_IN_CONV4[blocks]
+
+
+def detect_torchvision(state: dict) -> str | None:
+    if "layer1.0.conv1.weight" not in state:
+        return None
+    blocks = tuple(len({m.group(1) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))})
+                   for i in range(1, 5))
+    bottleneck = "layer1.0.conv3.weight" in state
+    for arch, (sizes, is_bottleneck) in STAGE_SIZES.items():
+        if tuple(sizes) == blocks and is_bottleneck == bottleneck:
+            return arch
+    kind = "bottleneck" if bottleneck else "basic"
+    raise UserError(f"a torchvision ResNet with {kind} blocks {blocks} per stage, which is none of "
+                    f"{', '.join(STAGE_SIZES)}")
+
+
+def build(spec, config, **common):
+    stages, bottleneck = config
+    return ResNet(stages, bottleneck, spec.layout, **common)
+
+
+FAMILY = Family(
+    name="resnet",
+    archs={arch: Arch(config, ("keras", "torchvision") if arch in KERAS_ARCHS else ("torchvision",))
+           for arch, config in STAGE_SIZES.items()},
+    build=build,
+    taps=TAPS,
+    modules=("stem", "stage1", "stage2", "stage3", "stage4", "head"),
+    top_block="stage4",
+    bn=layers.BN_SETTINGS,
+    sources={
+        "keras": Source("caffe", functools.partial(names, "keras"), detect_keras, "ResNet50/101/152"),
+        "torchvision": Source("torch", functools.partial(names, "torchvision"), detect_torchvision, "ResNet"),
+    },
+)

@@ -17,42 +17,27 @@ import numpy as np
 from flax import traverse_util
 
 from research.errors import UserError
+from research.models import registry
 
 FROZEN = "frozen"
 RULE = re.compile(r"^(frozen|train|lr\*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
 
-# Top-level modules of each family, input to output; a tap names the module that produces it.
-MODULES = {
-    "resnet": ("stem", "stage1", "stage2", "stage3", "stage4", "head"),
-    "vgg": ("block1", "block2", "block3", "block4", "block5", "fc1", "fc2", "head"),
-    "efficientnet": ("stem", *(f"stage{i}" for i in range(1, 8)), "top", "head"),
-    "mobilenet": ("stem", *(f"stage{i}" for i in range(1, 6)), "top", "head"),  # only v2 has `top`
-}
-TOP_BLOCK = {"resnet": "stage4", "vgg": "block5", "efficientnet": "stage7", "mobilenet": "stage5"}
-
-
-def tap_module(family: str, tap: str) -> str:
-    """The top-level module whose output is `tap`."""
-    if family == "vgg" and tap.endswith("_pool"):
-        return tap.removesuffix("_pool")
-    if family == "efficientnet" and tap == "head":
-        return "top"
-    return tap
-
 
 def preset(name: str, family: str) -> tuple[tuple[str, str], ...]:
-    """A named rule list; `from:TAP` trains the module producing TAP and all after it."""
-    modules = MODULES[family]
+    """A named rule list, cut at the family's modules (its registry record); `from:TAP` trains the module
+    producing TAP and all after it."""
+    record = registry.family(family)
+    modules = record.modules
     if name == "head":
-        start = "head"
+        start = registry.HEAD
     elif name == "top_block":
-        start = TOP_BLOCK[family]
+        start = record.top_block
     elif name == "all":
         return ((".*", "train"),)
     elif name.startswith("from:"):
-        start = tap_module(family, name.removeprefix("from:"))
-        if start not in modules:
-            raise UserError(f"freeze {name!r}: {family} has no tap {name[5:]!r}")
+        start = record.module_of(name.removeprefix("from:"))
+        if start is None:
+            raise UserError(f"freeze {name!r}: {family} has no tap {name[5:]!r} with params of its own")
     else:
         raise UserError(f"unknown freeze preset {name!r}; known: head, top_block, all, from:TAP")
     trained = "|".join(modules[modules.index(start):])

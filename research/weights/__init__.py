@@ -14,11 +14,8 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_2_PLUS = b"\x80"
 
-# source -> (converter, the preprocessing its ImageNet weights were trained with)
-SOURCES = {"keras": (keras, "caffe"), "torchvision": (torchvision, "torch"),
-           efficientnet_lite.SOURCE: (efficientnet_lite, efficientnet_lite.PREPROCESSING)}
-# Keras' applications differ in preprocessing by family (caffe otherwise): family -> preprocessing.
-KERAS_PREPROCESSING = {"mobilenet": "tf"}
+# source -> its converter; the preprocessing of each family's weights is the family's (research/models/registry.py)
+SOURCES = {keras.SOURCE: keras, torchvision.SOURCE: torchvision, efficientnet_lite.SOURCE: efficientnet_lite}
 
 
 def sniff(path) -> str:
@@ -54,10 +51,7 @@ def convert(path, arch: str | None = None) -> tuple[ModelSpec, dict, dict]:
     source = sniff(path)
     if source == "checkpoint":
         raise UserError(f"{path} is already converted")
-    module, preprocessing = SOURCES[source]
-    spec, flat, unplaced = module.convert(path)
-    if source == "keras":
-        preprocessing = KERAS_PREPROCESSING.get(spec.family, preprocessing)
+    spec, flat, unplaced = SOURCES[source].convert(path)
     if arch and arch != spec.arch:
         raise UserError(f"{path.name} holds {spec.arch} ({spec.layout} layout), not {arch}")
     variables = mapping.assemble(flat, spec, path.name, unplaced)
@@ -66,7 +60,7 @@ def convert(path, arch: str | None = None) -> tuple[ModelSpec, dict, dict]:
     meta = {
         "research_version": __version__,
         "model": spec.to_dict(),
-        "preprocessing": preprocessing,
+        "preprocessing": spec.record.sources[source].preprocessing,
         "source": {"file": path.name, "sha256": sha256(path), "framework": source},
     }
     return spec, variables, meta

@@ -5,23 +5,23 @@
   styles (`block1_conv1_W_1:0`, `conv1_conv/kernel:0`, `conv1_conv/kernel`), so they are only used to find
   the datasets, never interpreted: a layer's weights are taken in order.
 - Keras 3 `.weights.h5`: `layers/<auto name>/vars/<i>`, the layer's real name in the `vars` group's attribute.
+
+Which family and architecture a file holds, and where each layer goes, is the families' to say (their `keras`
+`Source` in research/models): this module only reads files.
 """
 from __future__ import annotations
 
 import io
-import re
 import zipfile
 
 import h5py
 import numpy as np
 
 from research.errors import UserError
-from research.models import ModelSpec
+from research.models import ModelSpec, registry
 from research.weights import mapping
 
-DEPTH_BY_STAGE3_BLOCKS = {6: "resnet50", 23: "resnet101", 36: "resnet152"}
-
-
+SOURCE = "keras"
 KERAS_ZIP_WEIGHTS = "model.weights.h5"
 
 
@@ -80,100 +80,23 @@ def _keras3_layers(layers) -> dict[str, list[np.ndarray]]:
 
 
 def detect(layers: dict, path) -> ModelSpec:
-    """Architecture, top and head size, read off the layer names and shapes."""
-    names = set(layers)
-    top = "predictions" in names
-    num_classes = layers["predictions"][0].shape[-1] if top else 0
-    if "post_bn" in names or "conv2_block1_preact_bn" in names:
-        raise UserError(f"{path}: a Keras ResNetV2 file; only ResNet v1 (ResNet50/101/152) is supported")
-    if "res2a_branch2a" in names:
-        raise UserError(f"{path}: the 2016 Keras ResNet50 file (res2a_branch2a names, BN epsilon 1e-3, an unpadded "
-                        "max-pool), which differs from keras.applications' current ResNet50; use the current file")
-    if "conv1_conv" in names and "conv2_block1_1_conv" in names:
-        blocks = sum(bool(re.fullmatch(r"conv4_block\d+_1_conv", n)) for n in names)
-        if blocks not in DEPTH_BY_STAGE3_BLOCKS:
-            raise UserError(f"{path}: a Keras ResNet with {blocks} blocks in conv4; known: 6, 23, 36")
-        return ModelSpec(DEPTH_BY_STAGE3_BLOCKS[blocks], "keras", top, num_classes)
-    if "block1_conv1" in names:
-        return ModelSpec("vgg19" if "block5_conv4" in names else "vgg16", "keras", top, num_classes)
-    if "conv_dw_1" in names or "block_1_expand" in names:
-        return _detect_mobilenet(layers, path)
-    sample = ", ".join(sorted(names)[:5])
-    raise UserError(f"{path}: not a Keras ResNet50/101/152 or VGG16/19 weight file, nor a MobileNet/MobileNetV2 "
-                    f"one (layers: {sample}, ...)")
+    """Architecture, top and head size, read off the layer names and shapes by the families' detectors."""
+    return identify(layers, path)[0]
 
 
-# MobileNet v1 / v2 with alpha 1.0: (arch, top layer, layers whose output channels alpha scales, and their width).
-MOBILENET_WIDTHS = {"conv_dw_1": ("mobilenet_v1", "conv_preds", {"conv1": 32, "conv_pw_13": 1024}),
-                    "block_1_expand": ("mobilenet_v2", "predictions", {"Conv1": 32, "block_16_project": 320})}
-
-
-def _detect_mobilenet(layers: dict, path) -> ModelSpec:
-    arch, top_layer, widths = next(v for k, v in MOBILENET_WIDTHS.items() if k in layers)
-    got = {name: layers[name][0].shape[-1] if name in layers else None for name in widths}
-    if got != widths:
-        raise UserError(f"{path}: a Keras {arch} file of another width (output channels {got}, expected {widths}); "
-                        "only alpha 1.0 is supported")
-    top = top_layer in layers
-    return ModelSpec(arch, "keras", top, layers[top_layer][0].shape[-1] if top else 0)
-
-
-# Keras' ResNet layer names (keras.applications.resnet): conv{stage + 1}_block{n}_{k}_conv; _0_ is the shortcut.
-RESNET_NAMES = {
-    "stem_conv": "conv1_conv", "stem_bn": "conv1_bn", "head": "predictions",
-    "block": "conv{group}_block{block}", "conv": "{src}_{k}_conv", "bn": "{src}_{k}_bn",
-    "downsample_conv": "{src}_0_conv", "downsample_bn": "{src}_0_bn",
-}
-KINDS = {"conv": "conv", "bn": "bn", "dense": "dense"}
-
-
-def resnet_names(arch: str) -> dict[str, tuple[str, str]]:
-    """Keras layer name -> (param path, kind)."""
-    return mapping.resnet_table(arch, RESNET_NAMES, KINDS)
-
-
-def vgg_names(arch: str) -> dict[str, tuple[str, str]]:
-    table = {f"block{b}_conv{k}": (f"block{b}/conv{k}", "conv") for b in range(1, 6) for k in range(1, 5)}
-    table.update({"fc1": ("fc1", "dense"), "fc2": ("fc2", "dense"), "predictions": ("head/fc", "dense")})
-    return table
-
-
-# Keras' MobileNet layer names, by the Keras block id `i` (v1 from 1, v2 from 0; v2's block 0 is
-# `expanded_conv`): layer -> (our module within the block, kind).
-MOBILENET_BLOCK_NAMES = {
-    "mobilenet_v1": {"conv_dw_{i}": ("depthwise_conv", "depthwise"), "conv_dw_{i}_bn": ("depthwise_bn", "bn"),
-                     "conv_pw_{i}": ("pointwise_conv", "conv"), "conv_pw_{i}_bn": ("pointwise_bn", "bn")},
-    "mobilenet_v2": {"{p}_expand": ("expand_conv", "conv"), "{p}_expand_BN": ("expand_bn", "bn"),
-                     "{p}_depthwise": ("depthwise_conv", "depthwise"), "{p}_depthwise_BN": ("depthwise_bn", "bn"),
-                     "{p}_project": ("project_conv", "conv"), "{p}_project_BN": ("project_bn", "bn")},
-}
-MOBILENET_OTHER_NAMES = {
-    "mobilenet_v1": {"conv1": ("stem/conv", "conv"), "conv1_bn": ("stem/bn", "bn"),
-                     "conv_preds": ("head/fc", "conv_dense")},
-    "mobilenet_v2": {"Conv1": ("stem/conv", "conv"), "bn_Conv1": ("stem/bn", "bn"), "Conv_1": ("top/conv", "conv"),
-                     "Conv_1_bn": ("top/bn", "bn"), "predictions": ("head/fc", "dense")},
-}
-
-
-def mobilenet_names(arch: str) -> dict[str, tuple[str, str]]:
-    from research.models import mobilenet
-
-    table = dict(MOBILENET_OTHER_NAMES[arch])
-    for i, stage, block in mobilenet.keras_blocks(arch):
-        prefix = f"block_{i}" if i else "expanded_conv"
-        for name, (module, kind) in MOBILENET_BLOCK_NAMES[arch].items():
-            table[name.format(i=i, p=prefix)] = (f"stage{stage}/block{block}/{module}", kind)
-    return table
-
-
-NAME_TABLES = {"resnet": resnet_names, "vgg": vgg_names, "mobilenet": mobilenet_names}
+def identify(layers: dict, path) -> tuple[ModelSpec, dict]:
+    """(spec, the family's name table for it) of a file's {layer: weights}."""
+    found = mapping.identify(SOURCE, layers, path, lambda head: layers[head][0].shape[-1] if head in layers else None)
+    if found is None:
+        sample = ", ".join(sorted(layers)[:5])
+        raise UserError(f"{path}: not a Keras {registry.describe(SOURCE)} weight file (layers: {sample}, ...)")
+    return found
 
 
 def convert(path):
     """-> (detected spec, flat leaves, names of file layers with no place in the model)."""
     layers = read_layers(path)
-    spec = detect(layers, path)
-    table = NAME_TABLES[spec.family](spec.arch)
+    spec, table = identify(layers, path)
     flat, unplaced = {}, []
     for name, weights in layers.items():
         if name not in table:

@@ -1,18 +1,20 @@
 """From a source's tensors to the model's variables, and the check that they fit.
 
-Each source module supplies a name table (source layer -> (param path, kind)); the functions here turn one
-layer's tensors of a given kind into Flax leaves, and `assemble` checks the result against the model.
+Each family supplies a name table per source (source layer -> (param path, kind); research/models/registry.py);
+the functions here turn one layer's tensors of a given kind into Flax leaves, and `assemble` checks the result
+against the model.
 """
 from __future__ import annotations
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from research.errors import UserError
-from research.models import ModelSpec
+from research.models import ModelSpec, registry
 
 # Flax leaf name of each BatchNorm tensor, in the order Keras stores them, and where it lives.
 BN_LEAVES = (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))
@@ -65,28 +67,17 @@ def leaves(kind: str, path: str, tensors, where: str) -> dict:
     return build(path, *tensors)
 
 
-def resnet_table(arch: str, names: dict[str, str], kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """A source's ResNet layer names -> (param path, kind), from that source's naming templates.
-
-    `names` holds format strings: `stem_conv`, `stem_bn`, `head`, `block` (given the 1-based `stage` and
-    `block`, the 0-based `index`, and `group` = stage + 1 for sources that count the stem as group 1), and
-    `conv`, `bn`, `downsample_conv`, `downsample_bn` (given the block's source name `src` and the conv number
-    `k`). `kinds` names the source's kind for `conv`, `bn` and `dense`.
-    """
-    from research.models import resnet
-
-    table = {names["stem_conv"]: ("stem/conv1", kinds["conv"]), names["stem_bn"]: ("stem/bn1", kinds["bn"]),
-             names["head"]: ("head/fc", kinds["dense"])}
-    for stage, blocks in enumerate(resnet.STAGE_SIZES[arch][0], start=1):
-        for index in range(blocks):
-            src = names["block"].format(stage=stage, group=stage + 1, block=index + 1, index=index)
-            dst = f"stage{stage}/block{index + 1}"
-            for k in range(1, 4):
-                table[names["conv"].format(src=src, k=k)] = (f"{dst}/conv{k}", kinds["conv"])
-                table[names["bn"].format(src=src, k=k)] = (f"{dst}/bn{k}", kinds["bn"])
-            table[names["downsample_conv"].format(src=src)] = (f"{dst}/downsample/conv", kinds["conv"])
-            table[names["downsample_bn"].format(src=src)] = (f"{dst}/downsample/bn", kinds["bn"])
-    return table
+def identify(source: str, contents: dict, path, head_width) -> tuple[ModelSpec, dict] | None:
+    """(spec, name table) of a `source` file whose {layer: tensors} are `contents`, as the family that claims it
+    says; None if none does. `head_width(name)`: the width of the file's classifier layer `name`, None if absent
+    (then the spec has no top)."""
+    found = registry.detect(source, contents, path)
+    if found is None:
+        return None
+    family, arch = found
+    table = family.sources[source].names(arch)
+    width = head_width(next(src for src, (dst, _kind) in table.items() if dst == f"{registry.HEAD}/fc"))
+    return ModelSpec(arch, source, width is not None, width or 0), table
 
 
 def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
@@ -101,9 +92,9 @@ def nchw_flatten_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def template(spec: ModelSpec) -> dict[tuple[str, ...], tuple[int, ...]]:
     """The model's variable shapes, flattened, at no compute cost."""
-    import jax.numpy as jnp
     model = spec.build()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), taps=spec.taps))
+    size = spec.input_size
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), taps=spec.taps))
     return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes).items()}
 
 

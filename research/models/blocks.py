@@ -1,0 +1,91 @@
+"""Blocks that several families share, with the param names of the sources (`expand_conv`, `depthwise_bn`, ...).
+
+The reduced-precision rule of the mobile families holds here: depthwise convs compute in float32 (see
+`mobile_partials`); the `conv` and `norm` partials injected by the family decide the rest.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from research.models import layers
+
+
+def depthwise(conv, x, kernel: int, stride: int, padding, name: str):
+    """A depthwise kxk conv (one filter per channel), in float32 whatever the compute dtype."""
+    c = x.shape[-1]
+    return conv(c, (kernel, kernel), (stride, stride), padding=padding, feature_group_count=c, dtype=jnp.float32,
+                name=name)(x)
+
+
+class ConvBN(nn.Module):
+    """Conv, BatchNorm, ReLU6: the stems and tops of EfficientNet-Lite and MobileNet (params `conv`, `bn`)."""
+    features: int
+    kernel: int
+    stride: int
+    padding: str
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+                      padding=layers.conv_padding(x.shape[1:3], self.kernel, self.stride, self.padding),
+                      name="conv")(x)
+        return layers.relu6(self.norm(name="bn")(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual, EfficientNet's MBConv: 1x1 expand, kxk depthwise, 1x1 linear projection;
+    a skip where stride 1 and in == out. Params `expand_{conv,bn}` (none at expansion 1), `depthwise_{conv,bn}`,
+    `project_{conv,bn}`.
+
+    `padding` is a `layers.conv_padding` mode: "same" is TF's SAME, which equals keras.applications'
+    `correct_pad` + "valid" before stride-2 depthwise convs. `activation` follows the expansion and the depthwise
+    conv; a squeeze-excitation would sit between the depthwise activation and the projection. `drop_connect`:
+    stochastic depth on the residual branch in training (needs a `dropout` rng)."""
+    expansion: int
+    kernel: int
+    stride: int
+    features: int
+    conv: Any
+    norm: Any
+    padding: str = "same"
+    activation: Callable = layers.relu6
+    drop_connect: float = 0.0
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        if self.expansion != 1:
+            x = self.conv(x.shape[-1] * self.expansion, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
+            x = self.activation(self.norm(name="expand_bn")(x))
+        k, s = self.kernel, self.stride
+        x = depthwise(self.conv, x, k, s, layers.conv_padding(x.shape[1:3], k, s, self.padding), "depthwise_conv")
+        x = self.activation(self.norm(name="depthwise_bn")(x))
+        x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
+        x = self.norm(name="project_bn")(x)
+        if self.stride == 1 and residual.shape[-1] == self.features:
+            if self.drop_connect:
+                x = nn.Dropout(self.drop_connect, broadcast_dims=(1, 2, 3), deterministic=not self.train)(x)
+            x = x + residual
+        return x
+
+
+def mobile_partials(dtype: Any, train: bool, bn, frozen_bn: frozenset):
+    """(conv, norm) partials of the mobile families. With a reduced-precision `dtype`, depthwise convs run in
+    float32 (`depthwise`), the other convs multiply in `dtype` but accumulate into and return float32, and
+    BatchNorm runs in float32: depthwise convs sum a few large terms that nearly cancel, and conv outputs sit far
+    from zero relative to their spread, so rounding either to bfloat16 before BatchNorm normalises it amplifies
+    the error (all-bfloat16 put EfficientNet-Lite's stage taps 10-15% off, this keeps them within ~3%;
+    tests/test_efficientnet_lite.py)."""
+    conv = layers.conv_partial(dtype, use_bias=False)
+    if dtype != jnp.float32:
+        conv = functools.partial(conv, conv_general_dilated=functools.partial(
+            lax.conv_general_dilated, preferred_element_type=jnp.float32))
+    return conv, layers.norm_partial(jnp.float32, train, **bn, frozen=frozen_bn)

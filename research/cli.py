@@ -310,6 +310,14 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only disk under a writer that does not go through research.io
+        from research import io
+
+        user = io.disk_error(e, e.filename or "an output")
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
+        return 2
     return 0
 
 

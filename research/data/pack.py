@@ -22,7 +22,7 @@ import numpy as np
 
 from research import io
 from research.data import loader, splits
-from research.data.resize import ResizePolicy
+from research.data.resize import ResizePolicy, check_size
 from research.data.resize import policy as make_policy
 from research.data.decode import SkipLog
 from research.data.sources import PACK_FORMAT, PACK_SUFFIXES, SPLITS, Source, open_source
@@ -69,8 +69,7 @@ def write(spec, out, image_size: int, resize: str = "direct", interpolation: str
 def _write(spec, out: Path, image_size, resize, interpolation, split_test, split_val, seed, workers,
            progress) -> PackResult:
     policy = make_policy(resize, interpolation)
-    if not 1 <= image_size <= 4096:
-        raise UserError(f"--image-size must be in [1, 4096], got {image_size}")
+    check_size(image_size)
     source = open_source(spec)
     if source.kind == "pack":
         raise UserError(f"{spec} is already a pack; pack the original images instead")

@@ -30,7 +30,7 @@ import numpy as np
 from research import io, xla
 from research.data import loader
 from research.data.decode import SkipLog
-from research.data.resize import ResizePolicy
+from research.data.resize import ResizePolicy, check_size
 from research.data.resize import policy as make_policy
 from research.data.splits import given as given_split
 from research.errors import UserError
@@ -152,9 +152,7 @@ def _plan(bundle, source, image_size, resize, split, interpolation: str = "bilin
     if source.kind == "pack":
         stored = make_policy(source.attrs["resize"], source.attrs["interpolation"])
         return Plan(order, int(image_size or source.attrs["image_size"]), stored, resize, split_name, record)
-    size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
-    if not 1 <= size <= 4096:
-        raise UserError(f"--image-size must be in [1, 4096], got {size}")
+    size = check_size(DEFAULT_IMAGE_SIZE if image_size is None else int(image_size))
     chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation)
     return Plan(order, size, chosen, chosen, split_name, record)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -308,17 +309,25 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e)
     except OSError as e:  # a full or read-only disk under a writer that does not go through research.io
         from research import io
 
         user = io.disk_error(e, e.filename or "an output")
         if user is None:
             raise
-        print(f"error: {user}", file=sys.stderr)
-        return 2
+        return _fail(user)
     return 0
+
+
+def _fail(error: UserError) -> int:
+    """Prints the one line; ends at once where HDF5 could not close a file, since its shutdown may crash."""
+    print(f"error: {error}", file=sys.stderr)
+    if sys.modules.get("research.io") and sys.modules["research.io"].hdf5_unclean:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
+    return 2
 
 
 if __name__ == "__main__":

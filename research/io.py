@@ -193,6 +193,62 @@ def replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+@contextlib.contextmanager
+def hdf5_file(path, mode: str, keep: bool = False, **kwargs):
+    """`h5py.File(path, mode)` that is always closed, also after a failed write.
+
+    After a write fails (a full disk), HDF5 may be unable to flush its metadata on close; a file it cannot close
+    crashes the interpreter at exit. Such a file is emptied so that the close can finish (it is damaged
+    anyway). A file kept for resuming (`keep`) is emptied only when it cannot be closed as it is."""
+    import h5py
+
+    with writing(path):
+        f = h5py.File(path, mode, **kwargs)
+    try:
+        yield f
+    except BaseException:
+        _close_failed(f, path, keep)
+        raise
+    try:
+        with writing(path):
+            f.close()
+    except BaseException:
+        _close_failed(f, path, keep=False)
+        raise
+
+
+# Set once HDF5 failed to close a file: HDF5 1.14 can then crash when the interpreter shuts it down, so the CLI
+# ends such a process with os._exit after printing its error.
+hdf5_unclean = False
+
+
+def _close_failed(f, path, keep: bool) -> None:
+    global hdf5_unclean
+    if not keep:
+        _empty(path)
+    try:
+        f.close()
+        return
+    except Exception:
+        hdf5_unclean = True
+    _empty(path)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+def _empty(path) -> None:
+    with contextlib.suppress(OSError):
+        os.truncate(path, 0)
+
+
+def check_space(folder, need: int, out) -> None:
+    """UserError unless `folder`'s disk has `need` bytes (and a MiB) to spare, before writing `out`."""
+    free = free_bytes(folder)
+    if free < need + (1 << 20):
+        raise UserError(f"cannot write {out}: {ADVICE[errno.ENOSPC]} (it needs about {need / 2**20:.1f} MiB; "
+                        f"{free / 2**20:.1f} MiB are free)")
+
+
 def free_bytes(folder) -> int:
     """Bytes an unprivileged writer may still use in `folder`'s file system."""
     st = os.statvfs(folder)

@@ -77,6 +77,7 @@ def _write(spec, out: Path, image_size, resize, interpolation, split_test, split
     seeded = split_test > 0 or split_val > 0
     if seeded and source.split is not None:
         raise UserError(f"{spec} already has train/validation/test folders; drop --split-test/--split-val")
+    io.check_space(out.parent, len(source) * (image_size * image_size * 3 + 256), out)
     start = time.perf_counter()
     result = []
     io.atomic_write(out, lambda tmp: result.extend(_write_file(
@@ -104,10 +105,8 @@ def is_pack(path) -> bool:
 
 
 def _write_file(tmp: Path, source: Source, size: int, policy, seeded, workers, progress):
-    import h5py
-
     skips = SkipLog()
-    with h5py.File(tmp, "w", track_order=True) as f:  # attributes list in the order written
+    with io.hdf5_file(tmp, "w", track_order=True) as f:  # attributes list in the order written
         images = f.create_dataset("images", shape=(len(source), size, size, 3), maxshape=(None, size, size, 3),
                                   dtype=np.uint8, chunks=(_images_per_chunk(size), size, size, 3))
         kept = _fill(images, source, size, policy, workers, skips, progress)

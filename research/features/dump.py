@@ -285,8 +285,6 @@ class State:
 @contextlib.contextmanager
 def _open_partial(partial: Path, attrs: dict, overwrite: bool):
     """The partial file: continued when it was started with the same arguments, else written afresh."""
-    import h5py
-
     mode = "w"
     if partial.exists() and not overwrite:
         found = _started_hash(partial)
@@ -296,19 +294,8 @@ def _open_partial(partial: Path, attrs: dict, overwrite: bool):
         if found is None:
             log.warning("%s holds nothing to resume from; starting again", partial)
         mode = "w" if found is None else "r+"
-    try:
-        f = h5py.File(partial, mode, track_order=True) if mode == "w" else h5py.File(partial, mode)
-    except OSError as e:
-        if io.disk_error(e, partial):
-            raise
-        raise UserError(f"cannot write {partial}: {str(e).splitlines()[0]}") from e
-    try:
+    with io.hdf5_file(partial, mode, keep=True, **({"track_order": True} if mode == "w" else {})) as f:
         yield f
-    except BaseException:
-        with contextlib.suppress(Exception):  # after a failed write HDF5 may fail to close too
-            f.close()
-        raise
-    f.close()
 
 
 def _started_hash(partial: Path) -> str | None:

@@ -164,13 +164,13 @@ def stitch(out, shards, overwrite: bool = False) -> Path:
 
 
 def _write_stitched(tmp: Path, shards: list, out: Path) -> None:
-    import h5py
+    from research import io
 
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(_open_complete(s)) for s in shards]
         attrs = _stitched_attrs(files, shards)
         taps = attrs["taps"]
-        with h5py.File(tmp, "w", track_order=True) as f:
+        with io.hdf5_file(tmp, "w", track_order=True) as f:
             for tap in taps:
                 name = features_name(tap, taps)
                 _virtual(f, name, [g[name] for g in files], shards, out.parent)

@@ -48,9 +48,10 @@ def save(out, variables: dict, meta: dict, overwrite: bool = False) -> Path:
     io.check_out(out, overwrite, ours=is_converted, what="a converted checkpoint", folder=True)
     with io.lock(out):
         io.check_out(out, overwrite, ours=is_converted, what="a converted checkpoint", folder=True)
+        io.check_space(out.parent, sum(np.asarray(x).nbytes for x in _leaves(variables)), out)
         tmp = io.temp_dir(out)
         try:
-            with io.writing(tmp):
+            with io.writing(out):
                 with ocp.StandardCheckpointer() as ckpt:
                     ckpt.save(tmp / VARIABLES_DIR, variables)
                 io.write_json(tmp / META_FILE, meta)
@@ -76,6 +77,10 @@ def load(path) -> tuple[dict, dict]:
     with ocp.StandardCheckpointer() as ckpt:
         variables = ckpt.restore(path / VARIABLES_DIR)
     return _to_numpy(variables), meta
+
+
+def _leaves(tree):
+    return [x for v in tree.values() for x in _leaves(v)] if isinstance(tree, dict) else [tree]
 
 
 def _to_numpy(tree):

@@ -424,6 +424,9 @@ def _zip_record(zf: zipfile.ZipFile, record: str, name: str, required: bool = Tr
     """A record's bytes, decompressed no further than `limit`: a storage is read to its declared size (`exact`),
     anything else refused beyond it, so a deflate bomb costs nothing."""
     try:
+        declared = zf.getinfo(record).file_size
+        if declared > limit and not exact:
+            raise UserError(f"{name}: record '{record}' decompresses past {limit:,} bytes; refused")
         with zf.open(record) as member:
             data = member.read(limit if exact else limit + 1)
         if len(data) > limit:

@@ -175,17 +175,13 @@ def add_finetune_parser(sub) -> None:
 
 
 def _bench_module():
-    """benchmarks/ sits beside the package in a source checkout and is not installed, so it is looked up there."""
-    from pathlib import Path
+    """benchmarks/ ships as research.benchmarks (research.resources); None where it is missing."""
+    from research import resources
 
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "run.py").is_file():
+    try:
+        return resources.benchmark("run")
+    except (UserError, ImportError):
         return None
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks import run
-
-    return run
 
 
 def cmd_bench(args) -> None:
@@ -193,7 +189,7 @@ def cmd_bench(args) -> None:
 
     bench = _bench_module()
     if bench is None:
-        raise UserError("research bench runs from a source checkout: no benchmarks/ beside the research package")
+        raise UserError("research.benchmarks is not installed with this research; reinstall it (pip install research)")
     bench.bench(args, "research " + shlex.join(sys.argv[1:]))
 
 

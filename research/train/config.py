@@ -65,9 +65,9 @@ def load(path, overrides=()) -> ml_collections.ConfigDict:
 
 
 def _read(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such config file")
+    from research.resources import config_path
+
+    path = config_path(path)
     spec = importlib.util.spec_from_file_location(f"research_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -306,10 +306,10 @@ def main(argv=None) -> int:
         args.func(args)
     except UserError as e:
         return _fail(e)
-    except OSError as e:  # a full or read-only disk under a writer that does not go through research.io
+    except Exception as e:  # a full or read-only disk under a writer that does not go through research.io
         from research import io
 
-        user = io.disk_error(e, e.filename or "an output")
+        user = io.disk_error(e, getattr(e, "filename", None) or "an output")
         if user is None:
             raise
         return _fail(user)

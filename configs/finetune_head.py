@@ -1,4 +1,4 @@
-"""Train a fresh linear head on frozen ImageNet features: the defaults (research.train.config) with a split and five epochs.
+"""Train a fresh linear head on frozen ImageNet features: the defaults with a split and five epochs.
 
     research finetune --config configs/finetune_head.py --workdir runs/head \
         --config.weights=resnet50.h5 --config.data=path/to/class_folders

@@ -70,12 +70,11 @@ def writing(path):
 
 
 def check_out(out, overwrite: bool, ours: Callable[[Path], bool] | None = None, what: str = "output",
-              suffixes: tuple[str, ...] = (), folder: bool = False) -> Path:
+              folder: bool = False) -> Path:
     """`out` if it may be written: its folder exists, and an existing `out` is replaced only with `overwrite`
-    and only when `ours(out)` says this project wrote it (any regular file when `ours` is None)."""
+    and only when `ours(out)` says this project wrote it (any regular file when `ours` is None); a folder only
+    when `folder` (an output that is one)."""
     out = Path(out)
-    if suffixes and out.suffix.lower() not in suffixes:
-        raise UserError(f"{out}: the name must end in {' or '.join(suffixes)}")
     if not out.parent.is_dir():
         raise UserError(f"{out.parent} is not a folder")
     if not (out.exists() or out.is_symlink()):
@@ -119,8 +118,11 @@ def _acquire(path: Path, out) -> int:
             os.close(fd)
             raise UserError(f"{out} is being written by another run ({holder}, lock {path}); wait for it to "
                             f"finish, or write elsewhere") from None
-        except OSError:
+        except OSError as err:
             os.close(fd)
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise UserError(f"cannot lock {path}: this file system does not support file locks "
+                                f"({err.strerror}); write to a local disk") from None
             raise
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino

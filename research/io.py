@@ -204,19 +204,18 @@ def hdf5_file(path, mode: str, keep: bool = False, **kwargs):
     anyway). A file kept for resuming (`keep`) is emptied only when it cannot be closed as it is."""
     import h5py
 
-    with writing(path):
+    with writing(path):  # disk errors from the body too, as one line
         f = h5py.File(path, mode, **kwargs)
-    try:
-        yield f
-    except BaseException:
-        _close_failed(f, path, keep)
-        raise
-    try:
-        with writing(path):
+        try:
+            yield f
+        except BaseException:
+            _close_failed(f, path, keep)
+            raise
+        try:
             f.close()
-    except BaseException:
-        _close_failed(f, path, keep=False)
-        raise
+        except BaseException:
+            _close_failed(f, path, keep=False)
+            raise
 
 
 # Set once HDF5 failed to close a file: HDF5 1.14 can then crash when the interpreter shuts it down, so the CLI

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -208,3 +209,19 @@ def test_lock_is_exclusive_and_a_stale_one_is_taken(tmp_path):
     with io.lock(out):
         assert f"pid {os.getpid()} " in io.lock_path(out).read_text()
     assert not io.lock_path(out).exists() and not out.exists()
+
+
+def test_hdf5_write_that_hits_a_full_disk_ends_in_one_line(tmp_path):
+    """The path the free-space checks guard against (another writer fills the disk mid-write): HDF5 fails to
+    write, then to close; the file is emptied so it closes (sparse: HDF5 writes its metadata at the old end),
+    and the process ends with one line, not a crash."""
+    script = ("import sys, numpy as np\nfrom research import io\nfrom research.cli import _fail\n"
+              "from research.errors import UserError\ntry:\n"
+              "    with io.hdf5_file(sys.argv[1], 'w') as f:\n"
+              "        f.create_dataset('x', data=np.ones((1 << 20,)))\n"
+              "except UserError as e:\n    sys.exit(_fail(e))\n")
+    with tmpfs(tmp_path / "small", "256k") as small:
+        done = subprocess.run([sys.executable, "-c", script, str(small / "x.h5")], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and one_line(done.stderr) and "the disk is full" in done.stderr, done.stderr
+        assert (small / "x.h5").stat().st_blocks * 512 < 64 << 10  # emptied: a few pages of metadata remain

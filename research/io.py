@@ -144,6 +144,8 @@ def _holder(fd: int) -> str:
 def atomic_write(out, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` beside `out`, fsync, rename into place; the temporary file never outlives a failure."""
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name a file to write")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     try:
         with writing(out):

@@ -12,7 +12,6 @@ import copy
 import importlib.util
 import logging
 import math
-from pathlib import Path
 
 import ml_collections
 

@@ -143,7 +143,7 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    from benchmarks import timing
+    from . import timing
 
     return timing.versions(("research", "jax", "jaxlib", "numpy", "pillow", "grain", "h5py"))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import keras_peer, run, timing
+from . import keras_peer, run, timing
 
 
 def keras_ways(model, preprocess, images: np.ndarray) -> dict:

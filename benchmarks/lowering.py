@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks import models, run, timing
+from . import models, run, timing
 from research.parity import relative_error
 
 MAPS = (1, 2, 4)  # 3x3 convs, 512 -> 512 channels, batch 8: 4 is above the switch, as a control

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import timing
+from . import timing
 from research.errors import UserError
 
 CLASSES = 17  # a transfer task's head (flowers17); its size hardly matters to speed

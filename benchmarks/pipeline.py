@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import data_speed, probe_speed
+from . import data_speed, probe_speed
 
 FLOWERS = data_speed.DEFAULT_DATA
 

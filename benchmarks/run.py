@@ -18,7 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+# In a source checkout results go beside this file (they are tracked); installed, under ./benchmarks/results.
+RESULTS = HERE / "results" if (HERE.parent / "pyproject.toml").is_file() else Path("benchmarks") / "results"
 CASES = "abcdefg"
 # Quick keeps the cases' 224 px: at 64 px the per-step work that does not scale with the input (Adam over
 # stage4's 15M parameters, decoding a full-size JPEG) outweighs 8 tiny images, so the cost ratios stop
@@ -90,7 +92,7 @@ def resolve(args) -> dict:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise UserError("--models names no model")
-    from benchmarks.models import spec_of
+    from .models import spec_of
     for name in models:
         spec_of(name)
     for name, value in (("--image-size", args.image_size), ("--repeats", args.repeats), ("--images", args.images)):
@@ -146,7 +148,7 @@ def output_path(args, backend: str) -> Path:
 def measure(o: dict, command: str, save=None) -> dict:
     """The whole result; `save(result)` also gets it after each case, marked incomplete, so a run cut short by a
     time limit (the GPU script's) still leaves every case it finished."""
-    from benchmarks import keras_peer, timing
+    from . import keras_peer, timing
 
     result = {"benchmark": "bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": command, "machine": timing.machine(), "versions": timing.versions(),
@@ -164,14 +166,14 @@ def measure(o: dict, command: str, save=None) -> dict:
 
             model_cases(name, o, result["peak"], keras, why, data, tmp, progress)
         if "g" in o["cases"]:
-            from benchmarks import pipeline
+            from . import pipeline
             result["probe"] = pipeline.probes(o["quick"], tmp)
     return summarise(result, complete=True)
 
 
 def summarise(result: dict, complete: bool) -> dict:
     """Ratios, targets and evidence derived from what has been measured so far."""
-    from benchmarks import report
+    from . import report
 
     for model in result["models"].values():
         model["ratios"] = report.ratios(model)
@@ -185,7 +187,7 @@ def summarise(result: dict, complete: bool) -> dict:
 def peaks(o: dict) -> dict:
     """The matmul ceiling in the run's dtype, and float32 for reference."""
     import jax
-    from benchmarks import timing
+    from . import timing
 
     size = 2048 if jax.default_backend() == "cpu" else 16384
     dtypes = dict.fromkeys(("float32", o["dtype"]))
@@ -194,7 +196,7 @@ def peaks(o: dict) -> dict:
 
 def data_cases(o: dict, result: dict, tmp: Path) -> dict:
     """Case e, and the JPEG folder and pack that case f reads."""
-    from benchmarks import pipeline
+    from . import pipeline
     from research.errors import UserError
 
     if o["data"]:
@@ -212,7 +214,7 @@ def data_cases(o: dict, result: dict, tmp: Path) -> dict:
 
 def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, progress) -> dict:
     """Our cases a-d, each raced against its Keras twin, then f; `progress(model)` after each."""
-    from benchmarks import keras_peer, models, timing
+    from . import keras_peer, models, timing
 
     batch = o["batch"][name]
     s = models.setup(name, o["image_size"], batch, o["dtype"])
@@ -246,7 +248,7 @@ def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, pro
 def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
     """Case f on the pack and on the JPEG folder, raced against our float32 forward (what the dump computes in)
     over as many batches, so the ratio compares runs under the same load; the warm-up run compiles."""
-    from benchmarks import pipeline, timing
+    from . import pipeline, timing
     from research.data import open as open_data
 
     count, batch = len(open_data(str(data["jpeg"]))), len(s.labels)
@@ -267,7 +269,7 @@ def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
 
 def header(benchmark: str, argv, versions: tuple) -> dict:
     """The fields every result of `python -m benchmarks.<benchmark>` starts with: what ran, when, where, with what."""
-    from benchmarks import timing
+    from . import timing
 
     return {"benchmark": benchmark,
             "command": f"python -m benchmarks.{benchmark} " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -279,7 +281,7 @@ def write(result: dict, out: Path, render=None) -> None:
     """JSON and markdown (`render`, default the bench table), each to a temporary name first, so a killed run
     leaves no half file."""
     import json
-    from benchmarks import report
+    from . import report
 
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(result, indent=2, default=str)),

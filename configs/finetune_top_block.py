@@ -7,20 +7,13 @@ Phase 1 trains the head alone so that its random init does not wreck the pretrai
 the top block at a 10x smaller rate with SGD + Nesterov and a cosine schedule. Expected: a few points above
 `finetune_head.py` on datasets unlike ImageNet, about equal on ImageNet-like ones.
 """
-import ml_collections
+from research.train.config import defaults
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.weights = ""
-    c.data = ""
+    c = defaults()
     c.split = dict(test=0.2, validation=0.1)
-    c.image_size = 224
-    c.batch_size = 32
     c.epochs = 3
-    c.freeze = "head"
-    c.learning_rate = 1e-3
-    c.optimizer = dict(name="adam")
     c.phases = (
         dict(freeze="head", epochs=3),
         dict(freeze="top_block", epochs=10, learning_rate=1e-3,
@@ -28,5 +21,4 @@ def get_config():
              schedule=dict(name="cosine", warmup_epochs=1.0)),
     )
     c.augment = dict(flip=True, rotation=0.0, shift=0.1, shear=0.0, zoom=0.1)
-    c.seed = 0
     return c

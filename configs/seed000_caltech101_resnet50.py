@@ -9,22 +9,13 @@ Expected: test accuracy around 0.90 (the seed's Keras run reports about that for
 the backbone's BatchNorm stays on ImageNet statistics, as Keras' `trainable = False` does). Caltech-101's
 BACKGROUND_Google class counts as a class here, as a plain class-folder listing gives it.
 """
-import ml_collections
+from research.train.config import defaults
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.weights = ""
-    c.data = ""
+    c = defaults()
     c.split = dict(test=0.2, validation=0.0)
     c.image_size = 256
-    c.resize = "direct"
-    c.batch_size = 32
     c.epochs = 5
     c.head = dict(hidden=(512,), dropout=0.5, batch_norm=True)
-    c.freeze = "head"
-    c.optimizer = dict(name="adam")
-    c.learning_rate = 1e-3
-    c.schedule = dict(name="constant")
-    c.seed = 0
     return c

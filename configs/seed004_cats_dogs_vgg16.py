@@ -8,26 +8,21 @@ Phase 1 trains the head alone; phase 2 unfreezes block5 with RMSprop at lr 1e-5,
 Expected: validation accuracy about 0.90 after phase 1 and about 0.94-0.96 after phase 2 (the seed's Keras run,
 on 2000 training images with augmentation). 224 px, because a flatten head fixes the input size.
 """
-import ml_collections
+from research.train.config import defaults
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.weights = ""
-    c.data = ""
+    c = defaults()
     c.split = dict(test=0.0, validation=0.2)  # used only when the data has no given splits
-    c.image_size = 224
     c.batch_size = 20
     c.include_top = False
     c.head = dict(hidden=(256,), dropout=(0.0, 0.5), pool="flatten")
     c.epochs = 30
-    c.freeze = "head"
-    c.optimizer = dict(name="rmsprop", decay=0.9, eps=1e-7)
+    c.optimizer = dict(name="rmsprop", eps=1e-7)
     c.learning_rate = 2e-5
     c.phases = (
         dict(freeze="head", epochs=30),
         dict(freeze=(("^(block5|head)/", "train"), (".*", "frozen")), epochs=100, learning_rate=1e-5),
     )
     c.augment = dict(flip=True, rotation=40.0, shift=0.2, shear=0.2, zoom=0.2)
-    c.seed = 0
     return c

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -189,17 +190,13 @@ def add_finetune_parser(sub) -> None:
 
 
 def _bench_module():
-    """benchmarks/ sits beside the package in a source checkout and is not installed, so it is looked up there."""
-    from pathlib import Path
+    """benchmarks/ ships as research.benchmarks (research.resources); None where it is missing."""
+    from research import resources
 
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "run.py").is_file():
+    try:
+        return resources.benchmark("run")
+    except (UserError, ImportError):
         return None
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks import run
-
-    return run
 
 
 def cmd_bench(args) -> None:
@@ -207,7 +204,7 @@ def cmd_bench(args) -> None:
 
     bench = _bench_module()
     if bench is None:
-        raise UserError("research bench runs from a source checkout: no benchmarks/ beside the research package")
+        raise UserError("research.benchmarks is not installed with this research; reinstall it (pip install research)")
     bench.bench(args, "research " + shlex.join(sys.argv[1:]))
 
 
@@ -323,9 +320,25 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e)
+    except Exception as e:  # a full or read-only disk under a writer that does not go through research.io
+        from research import io
+
+        user = io.disk_error(e, getattr(e, "filename", None) or "an output")
+        if user is None:
+            raise
+        return _fail(user)
     return 0
+
+
+def _fail(error: UserError) -> int:
+    """Prints the one line; ends at once where HDF5 could not close a file, since its shutdown may crash."""
+    print(f"error: {error}", file=sys.stderr)
+    if sys.modules.get("research.io") and sys.modules["research.io"].hdf5_unclean:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,23 +1,21 @@
 """A `research features` run killed with SIGKILL after its first flush resumes to the same bytes.
 
-The run is held mid-dataset without any hook in the code: one image is a named pipe, so decoding blocks on it
-after the earlier rows have been flushed. The test polls the partial file's progress mark, kills the process,
-puts a real image where the pipe was, and runs the same command again.
+The run is held mid-dataset from the outside (`tests.holding`: its image reader waits before one file) after
+the earlier rows have been flushed. The test polls the partial file's progress mark, kills the process, and
+runs the same command again.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
-import h5py
 import numpy as np
-import pytest
 
 from research.features import dump, hdf5, read
 from research.features.dump import partial_path
+from research.io import lock_path
+from tests.holding import held, progress, wait_for_flush
 from tests.test_features_dump import make_folder, write_vgg
 
 HELD = "fox/05.png"  # record 25 of 30; rows 0..23 are flushed before the loader reaches it
@@ -29,38 +27,12 @@ def command(weights, data, out):
             "--buffer-size", "8", "--out", str(out)]
 
 
-def progress(partial) -> int:
-    """The partial's progress mark, read while another process writes it (0 until readable)."""
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return int(f.attrs.get(hdf5.PROGRESS, 0))
-    except (OSError, KeyError):
-        return 0
-
-
-def wait_for_flush(proc, partial, timeout: float = 60.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (status {proc.returncode}) before it could be killed")
-        rows = progress(partial)
-        if rows > 0:
-            return rows
-        time.sleep(0.05)
-    pytest.fail("no flush within the timeout")
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_sigkill_then_resume_gives_identical_features(tmp_path):
     weights = tmp_path / "vgg.h5"
     write_vgg(weights)
     data = make_folder(tmp_path / "animals", bad=False)
-    held = data / HELD
-    pixels = held.read_bytes()
-    held.unlink()
-    os.mkfifo(held)
     out = tmp_path / "resumed.h5"
-    proc = subprocess.Popen(command(weights, data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = held(HELD, tmp_path / "never", command(weights, data, out)[3:])
     try:
         wait_for_flush(proc, partial_path(out))
     finally:
@@ -68,12 +40,12 @@ def test_sigkill_then_resume_gives_identical_features(tmp_path):
         proc.wait()
     rows = progress(partial_path(out))  # read again: a later flush may have landed before the kill
     assert 0 < rows < 30 and rows % 4 == 0 and not out.exists() and not hdf5.is_complete(partial_path(out))
-    held.unlink()
-    held.write_bytes(pixels)
+    assert lock_path(out).exists()  # left by the killed run: stale, since its holder is gone
 
     again = subprocess.run(command(weights, data, out), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert f"resumed at row {rows}" in again.stdout and not partial_path(out).exists()
+    assert not lock_path(out).exists()
 
     clean = dump(weights, data, ["block3_pool"], tmp_path / "clean.h5", pool="max", image_size=32, batch_size=4,
                  buffer_size=8)

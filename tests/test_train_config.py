@@ -8,7 +8,7 @@ import pytest
 from research.errors import UserError
 from research.train import config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py") if p.name != "__init__.py")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

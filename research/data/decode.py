@@ -10,15 +10,17 @@ Choices, each made so that features match what the reference pipelines compute f
   already reduced to 8 bits by PIL on open.
 - Animated images give their first frame.
 
-Unreadable files (zero bytes, truncated, not an image) raise `BadImage`; callers skip them and record the
-name in a `SkipLog`, so one bad file never costs the good ones.
+Unreadable files (zero bytes, truncated, not an image, over the size cap, or not a regular file: a FIFO, a
+device such as a `/dev/zero` symlink, a socket) raise `BadImage`; callers skip them and record the name in a
+`SkipLog`, so one bad file never costs the good ones.
 """
 from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 import threading
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -28,6 +30,7 @@ from research.errors import UserError
 log = logging.getLogger(__name__)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20  # far above any photo; what a file claiming more is refused at
 
 
 class BadImage(UserError):
@@ -39,12 +42,44 @@ class BadImage(UserError):
         super().__init__(f"cannot decode {self.path}: {reason}")
 
 
+def max_image_bytes() -> int:
+    """The largest image file read: $RESEARCH_MAX_IMAGE_BYTES, else 256 MiB."""
+    return int(os.environ.get("RESEARCH_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES))
+
+
+def read_file(path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else BadImage. FIFOs, devices and sockets are
+    refused before any read (opened non-blocking, checked again on the open descriptor), so none can hang or
+    stream without end; the size is checked on the descriptor and the read bounded by it."""
+    limit = max_image_bytes() if limit is None else limit
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise BadImage(path, f"not a regular file ({_kind(os.stat(path).st_mode)})")
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage(path, f"not a regular file ({_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise BadImage(path, f"{st.st_size} bytes, over the {limit}-byte cap (RESEARCH_MAX_IMAGE_BYTES)")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BadImage(path, f"grew past the {limit}-byte cap while being read")
+    return data
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    return next((text for test, text in kinds if test(mode)), "not a file")
+
+
 def open_image(path_or_bytes) -> Image.Image:
-    """A fully loaded PIL image, or BadImage. Files are read whole first, so no handle stays open (PIL keeps
-    one for animated images); loading here is what exposes truncation."""
+    """A fully loaded PIL image, or BadImage. Files are read whole first (`read_file`: regular files under a
+    size cap), so no handle stays open (PIL keeps one for animated images); loading here exposes truncation."""
     name = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
     try:
-        data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+        data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else read_file(path_or_bytes)
         image = Image.open(io.BytesIO(data))
         image.load()
     except FileNotFoundError as e:

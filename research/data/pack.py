@@ -8,21 +8,21 @@ Layout (`research.data.open("x.h5")` reads it back as a Source):
 - attributes: format, resize policy and interpolation, image size, source spec, the skipped files (count, and
   names with reasons as JSON), the package version, and `complete`, written last.
 
-The file is written under a temporary name beside OUT and renamed when complete, so OUT is either absent, the
-old file, or a whole new pack.
+The file is written under a temporary name beside OUT and renamed when complete (`research.io`), so OUT is
+either absent, the old file, or a whole new pack; `OUT.lock` keeps a second run off the same OUT.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from research import io
 from research.data import loader, splits
-from research.data.resize import ResizePolicy
+from research.data.resize import ResizePolicy, check_size
 from research.data.resize import policy as make_policy
 from research.data.decode import SkipLog
 from research.data.sources import PACK_FORMAT, PACK_SUFFIXES, SPLITS, Source, open_source
@@ -61,9 +61,15 @@ def write(spec, out, image_size: int, resize: str = "direct", interpolation: str
           workers: int | None = None, progress: bool | None = None) -> PackResult:
     """Pack the dataset `spec` into `out`; `progress` None shows a bar only on a terminal."""
     out = _check_out(Path(out), overwrite)
+    with io.lock(out):
+        return _write(spec, _check_out(out, overwrite), image_size, resize, interpolation, split_test, split_val,
+                      seed, workers, progress)
+
+
+def _write(spec, out: Path, image_size, resize, interpolation, split_test, split_val, seed, workers,
+           progress) -> PackResult:
     policy = make_policy(resize, interpolation)
-    if not 1 <= image_size <= 4096:
-        raise UserError(f"--image-size must be in [1, 4096], got {image_size}")
+    check_size(image_size)
     source = open_source(spec)
     if source.kind == "pack":
         raise UserError(f"{spec} is already a pack; pack the original images instead")
@@ -71,15 +77,11 @@ def write(spec, out, image_size: int, resize: str = "direct", interpolation: str
     seeded = split_test > 0 or split_val > 0
     if seeded and source.split is not None:
         raise UserError(f"{spec} already has train/validation/test folders; drop --split-test/--split-val")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    io.check_space(out.parent, len(source) * (image_size * image_size * 3 + 256), out)
     start = time.perf_counter()
-    try:
-        result = _write_file(tmp, source, image_size, policy, (split_test, split_val, seed) if seeded else None,
-                             workers, progress)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    result = []
+    io.atomic_write(out, lambda tmp: result.extend(_write_file(
+        tmp, source, image_size, policy, (split_test, split_val, seed) if seeded else None, workers, progress)))
     count, split_counts, skips = result
     return PackResult(out, count, source.class_names, image_size, policy, split_counts, skips,
                       time.perf_counter() - start)
@@ -88,20 +90,23 @@ def write(spec, out, image_size: int, resize: str = "direct", interpolation: str
 def _check_out(out: Path, overwrite: bool) -> Path:
     if out.suffix.lower() not in PACK_SUFFIXES:
         raise UserError(f"{out}: a pack's name must end in .h5 (or .hdf5) so that it can be read back")
-    if not out.parent.is_dir():
-        raise UserError(f"{out.parent} is not a folder")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise UserError(f"{out} is a folder")
-    return out
+    return io.check_out(out, overwrite, ours=is_pack, what="a pack")
+
+
+def is_pack(path) -> bool:
+    """An HDF5 file `research pack` wrote (complete or not): what --overwrite may replace."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == PACK_FORMAT
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return False
 
 
 def _write_file(tmp: Path, source: Source, size: int, policy, seeded, workers, progress):
-    import h5py
-
     skips = SkipLog()
-    with h5py.File(tmp, "w", track_order=True) as f:  # attributes list in the order written
+    with io.hdf5_file(tmp, "w", track_order=True) as f:  # attributes list in the order written
         images = f.create_dataset("images", shape=(len(source), size, size, 3), maxshape=(None, size, size, 3),
                                   dtype=np.uint8, chunks=(_images_per_chunk(size), size, size, 3))
         kept = _fill(images, source, size, policy, workers, skips, progress)

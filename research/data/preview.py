@@ -6,12 +6,12 @@ name and renamed when complete.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from research import io
 from research.data import loader
 from research.data.augment import AugmentConfig
 from research.data.sources import open_source
@@ -26,24 +26,13 @@ def write(spec, out, cfg: AugmentConfig, seed: int = 0, n: int = 8, k: int = 5, 
         raise UserError(f"--n and --k must be positive, got {n} and {k}")
     originals = _originals(spec, seed, n, image_size)
     grid = _grid(originals, _augmented(originals, cfg, seed, k))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(grid).save(tmp, "PNG")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return io.atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, "PNG"))
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:
     if out.suffix.lower() != ".png":
         raise UserError(f"{out}: the preview is a PNG; name it .png")
-    if not out.parent.is_dir():
-        raise UserError(f"{out.parent} is not a folder")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    return out
+    return io.check_out(out, overwrite)
 
 
 def _originals(spec, seed: int, n: int, image_size: int) -> np.ndarray:

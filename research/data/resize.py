@@ -24,6 +24,14 @@ INTERPOLATIONS = {
 }
 METHODS = ("direct", "shorter_center_crop")
 CROP_FRACTION = 0.875
+MAX_SIZE = 4096  # the largest NxN any command makes: far above ImageNet models' inputs, far below memory limits
+
+
+def check_size(size, what: str = "--image-size") -> int:
+    """`size` as an int in [1, MAX_SIZE], else a UserError."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_SIZE:
+        raise UserError(f"{what} must be an integer in [1, {MAX_SIZE}], got {size!r}")
+    return int(size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ Specs:
 - `sklearn:digits`: an image set scikit-learn ships, for offline runs (see `research.data.sklearn_sets`).
 
 Image files are matched by extension, case-insensitively; hidden files and folders (a leading dot, and
-`__MACOSX`) and other files are ignored. Classes are sorted by name, so label ids do not depend on the order the
+`__MACOSX`) and other files are ignored. Links inside class folders are not followed into folders, and a
+class folder that links back into the tree, or to a folder already listed, is skipped with a warning. Classes are sorted by name, so label ids do not depend on the order the
 file system lists them in; records are ordered by split, class, then relative path.
 """
 from __future__ import annotations
@@ -168,7 +169,19 @@ def _images_under(folder: Path, root: Path) -> list[str]:
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
+    """The subfolders, each real folder once: a link back to `folder` or above it (a loop such as
+    `toploop -> .`) or to a folder already listed is skipped with a warning, so no image counts twice."""
+    here, seen = folder.resolve(), {}
+    found = [p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)]
+    for p in sorted(found, key=lambda p: (p.is_symlink(), p.name)):  # real folders claim their images first
+        real = p.resolve()
+        if real == here or real in here.parents:
+            log.warning("skipping %s: a link back to %s, which is already being listed", p, real)
+        elif real in seen:
+            log.warning("skipping %s: the same folder as %s", p, seen[real])
+        else:
+            seen[real] = p
+    return sorted(seen.values(), key=lambda p: p.name)
 
 
 def _hidden(name: str) -> bool:

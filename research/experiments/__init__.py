@@ -11,19 +11,20 @@ from pathlib import Path
 
 import ml_collections
 
+from research import resources
 from research.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[2]
-REPRO_DIR = ROOT / "configs" / "repro"
 KINDS = ("finetune", "probe")
 METRICS = ("test_accuracy", "validation_accuracy")
 
 
 def names() -> list[str]:
     """Every experiment, sorted."""
-    if not REPRO_DIR.is_dir():
-        raise UserError(f"no {REPRO_DIR}: research reproduce runs from a source checkout")
-    return sorted(p.stem for p in REPRO_DIR.glob("*.py") if not p.name.startswith("_"))
+    return sorted(p.stem for p in repro_dir().glob("*.py") if not p.name.startswith("_"))
+
+
+def repro_dir() -> Path:
+    return resources.folder("configs") / "repro"
 
 
 def get(name: str) -> ml_collections.ConfigDict:
@@ -31,7 +32,7 @@ def get(name: str) -> ml_collections.ConfigDict:
     known = names()
     if name not in known:
         raise UserError(f"unknown experiment {name!r}; `research reproduce --list` shows the {len(known)} known")
-    path = REPRO_DIR / f"{name}.py"
+    path = repro_dir() / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"research_repro_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -45,5 +46,5 @@ def get(name: str) -> ml_collections.ConfigDict:
 def _check(config, path) -> None:
     if config.kind not in KINDS or config.metric not in METRICS:
         raise UserError(f"{path}: kind must be one of {KINDS} and metric one of {METRICS}")
-    if config.kind == "finetune" and not (ROOT / config.finetune.config).is_file():
+    if config.kind == "finetune" and not resources.shipped_config(config.finetune.config).is_file():
         raise UserError(f"{path}: its fine-tuning config {config.finetune.config} does not exist")

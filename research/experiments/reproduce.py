@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
-from research import experiments
+from research import experiments, resources
 from research.errors import UserError
 
 DEFAULT_ROOT = Path("runs/repro")
@@ -170,7 +170,7 @@ def finetune_config(exp, inputs: Inputs) -> ml_collections.ConfigDict:
     from research import train
     from research.train import config as configs
 
-    config = train.load_config(experiments.ROOT / exp.finetune.config)
+    config = train.load_config(resources.shipped_config(exp.finetune.config))
     fields = {**exp.finetune.overrides.to_dict(), "weights": str(inputs.weights), "data": inputs.data}
     if inputs.smoke:
         fields.update({**SMOKE_FIELDS, **exp.smoke.overrides.to_dict()})

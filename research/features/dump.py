@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -26,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import xla
+from research import io, xla
 from research.data import loader
 from research.data.decode import SkipLog
-from research.data.resize import ResizePolicy
+from research.data.resize import ResizePolicy, check_size
 from research.data.resize import policy as make_policy
 from research.data.splits import given as given_split
 from research.errors import UserError
@@ -42,6 +43,7 @@ STORE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
 DEFAULT_RESIZE = {"torch": "shorter_center_crop", "caffe": "direct"}  # torchvision eval crop; Keras target_size
 DEFAULT_IMAGE_SIZE = 224
 PARTIAL_SUFFIX = ".partial"
+SPACE_MARGIN = 1 << 20  # bytes kept free beyond a flush's estimate, for HDF5's metadata
 
 
 @dataclasses.dataclass
@@ -84,12 +86,23 @@ def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = N
 
     `shard=(i, n)` (one process of n) dumps only the i-th contiguous block of the records; `hdf5.stitch` joins
     the n shard files into one whose `features` is a virtual dataset over them. `interpolation` is the resize
-    filter for image files (Keras' `load_img` and `flow_from_directory` use nearest; torchvision bilinear)."""
+    filter for image files (Keras' `load_img` and `flow_from_directory` use nearest; torchvision bilinear).
+
+    The output's lock (`OUT.lock`) is held from before the partial is opened to after the rename, so a second
+    run on the same `out` is refused at once and changes nothing."""
+    out = _check_out(Path(out), overwrite)
+    _check_numbers(pool, dtype, batch_size, buffer_size)
+    with io.lock(out):
+        return _dump(weights, data, taps, _check_out(out, overwrite), pool, image_size, resize, batch_size,
+                     buffer_size, split, dtype, overwrite, workers, progress, shard, interpolation)
+
+
+def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer_size, split, dtype, overwrite,
+          workers, progress, shard, interpolation) -> DumpResult:
+    """`dump` once it holds the output's lock."""
     import research
     from research import data as datasets
 
-    out = _check_out(Path(out), overwrite)
-    _check_numbers(pool, dtype, batch_size, buffer_size)
     bundle = weights if isinstance(weights, research.Bundle) else research.load(weights)
     taps = bundle.spec.check_taps([taps] if isinstance(taps, str) else taps)
     source = datasets.open(data)
@@ -101,11 +114,12 @@ def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = N
     attrs = _provenance(bundle, source, taps, pooling, pool, plan, dtype, batch_size, devices.count)
     partial = partial_path(out)
     start = time.perf_counter()
-    with _open_partial(partial, attrs, overwrite) as f:
+    with io.writing(partial), _open_partial(partial, attrs, overwrite) as f:
         state = _prepare(f, run, plan, source, taps, attrs, pooling, dtype)
         _fill(f, state, run, source, plan, batch_size, buffer_size, workers, progress)
         _finish(f, state, source.spec)
-    os.replace(partial, out)
+    with io.writing(out):
+        os.replace(partial, out)
     dims = {t: int(s[1]) for t, s in run.shapes(plan.image_size).items()}
     return DumpResult(out, state.rows, dims, len(state.skips), state.resumed_from, time.perf_counter() - start)
 
@@ -117,13 +131,7 @@ def partial_path(out) -> Path:
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:
-    if not out.parent.is_dir():
-        raise UserError(f"{out.parent} is not a folder")
-    if out.is_dir():
-        raise UserError(f"{out} is a folder")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    return out
+    return io.check_out(out, overwrite, ours=hdf5.is_features_file, what="a features file")
 
 
 def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int) -> None:
@@ -144,9 +152,7 @@ def _plan(bundle, source, image_size, resize, split, interpolation: str = "bilin
     if source.kind == "pack":
         stored = make_policy(source.attrs["resize"], source.attrs["interpolation"])
         return Plan(order, int(image_size or source.attrs["image_size"]), stored, resize, split_name, record)
-    size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
-    if not 1 <= size <= 4096:
-        raise UserError(f"--image-size must be in [1, 4096], got {size}")
+    size = check_size(DEFAULT_IMAGE_SIZE if image_size is None else int(image_size))
     chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation)
     return Plan(order, size, chosen, chosen, split_name, record)
 
@@ -279,8 +285,6 @@ class State:
 @contextlib.contextmanager
 def _open_partial(partial: Path, attrs: dict, overwrite: bool):
     """The partial file: continued when it was started with the same arguments, else written afresh."""
-    import h5py
-
     mode = "w"
     if partial.exists() and not overwrite:
         found = _started_hash(partial)
@@ -290,27 +294,47 @@ def _open_partial(partial: Path, attrs: dict, overwrite: bool):
         if found is None:
             log.warning("%s holds nothing to resume from; starting again", partial)
         mode = "w" if found is None else "r+"
-    try:
-        f = h5py.File(partial, mode, track_order=True) if mode == "w" else h5py.File(partial, mode)
-    except OSError as e:
-        raise UserError(f"cannot write {partial} (is another run writing it?): {str(e).splitlines()[0]}") from e
-    try:
+    with io.hdf5_file(partial, mode, keep=True, **({"track_order": True} if mode == "w" else {})) as f:
         yield f
-    finally:
-        f.close()
 
 
 def _started_hash(partial: Path) -> str | None:
-    """The arguments hash of a partial that got as far as its first progress mark, else None."""
+    """The arguments hash of a partial that got as far as its first progress mark and is whole, else None.
+
+    Whole: every allocated chunk lies inside the file and the last flushed row reads back. A write that failed
+    (a full disk) can leave HDF5 metadata pointing past the end of the file; such a partial is started again."""
     import h5py
 
     try:
         with h5py.File(partial, "r") as f:
             if hdf5.PROGRESS not in f.attrs:
                 return None
+            rows, size = int(f.attrs[hdf5.PROGRESS]), os.path.getsize(partial)
+            datasets = [f[name] for name in _dataset_names(f)]
+            for d in datasets:
+                _check_chunks(d, size)
+                if rows and d.name != f"/{hdf5.LABEL_NAMES}":
+                    d[rows - 1]
             return hdf5.attributes(f).get(hdf5.ARGS_HASH)
-    except OSError:
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        log.warning("%s is damaged (%s)", partial, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
+
+
+def _dataset_names(f) -> list[str]:
+    names = []
+    f.visititems(lambda name, node: names.append(name) if hasattr(node, "shape") else None)
+    return names
+
+
+def _check_chunks(dataset, file_size: int) -> None:
+    """OSError unless every chunk the dataset has allocated lies inside the file."""
+    if dataset.chunks is None:
+        return
+    for i in range(dataset.id.get_num_chunks()):
+        info = dataset.id.get_chunk_info(i)
+        if info.byte_offset + info.size > file_size:
+            raise OSError(f"chunk {i} of {dataset.name} lies past the end of the file")
 
 
 def _prepare(f, run: Runner, plan: Plan, source, taps, attrs: dict, pooling: dict, dtype: str) -> State:
@@ -371,6 +395,7 @@ def _flush(f, state: State, pending: list, source, skips: SkipLog) -> None:
     if not pending:
         return
     index = np.concatenate([b["index"] for b, _ in pending])
+    _check_space(f, state, len(index))
     lo, hi = state.rows, state.rows + len(index)
     for tap, name in state.names.items():
         f[name][lo:hi] = np.concatenate([out[tap] for _, out in pending])
@@ -382,6 +407,24 @@ def _flush(f, state: State, pending: list, source, skips: SkipLog) -> None:
     state.rows = hi
     hdf5.write_attrs(f, {**_skip_attrs(state), hdf5.PROGRESS: hi})
     f.flush()
+
+
+def _check_space(f, state: State, rows: int) -> None:
+    """Stops with the partial whole when the disk cannot take the next flush: HDF5 leaves a file it could not
+    finish writing damaged, so the space is asked of the disk first. A flush may allocate a new chunk per
+    dataset and rewrite the attributes, hence the margin."""
+    widths = [_row_bytes(f[name]) for name in state.names.values()]
+    chunks = sum(f[name].chunks[0] * w for name, w in zip(state.names.values(), widths))
+    need = rows * (sum(widths) + 64) + chunks + len(str(state.skips)) * 2 + SPACE_MARGIN
+    path = Path(f.filename)
+    if io.free_bytes(path.parent) < need:
+        raise UserError(f"cannot write {path}: {io.ADVICE[errno.ENOSPC]}, which resumes at row {state.rows} "
+                        f"(the next {rows} rows need about {need / 2**20:.1f} MiB; "
+                        f"{io.free_bytes(path.parent) / 2**20:.1f} MiB are free)")
+
+
+def _row_bytes(dataset) -> int:
+    return int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
 
 
 def _skip_attrs(state: State) -> dict:

@@ -62,8 +62,17 @@ def read(path) -> dict:
                     "paths": strings(f[PATHS]) if PATHS in f else None,
                     "index": f[INDEX][()] if INDEX in f else None,
                     "attrs": attrs}
-    except OSError as e:
-        raise UserError(f"cannot read {path} as HDF5: {str(e).splitlines()[0]}") from e
+    except DAMAGED as e:
+        raise UserError(f"cannot read {path}: {_first_line(e)} (a damaged or foreign file; write it again)") from e
+
+
+# What h5py raises for a file whose bytes are wrong (missing objects, flipped bits, bad JSON in attributes).
+DAMAGED = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def check(f, path) -> dict:
@@ -74,6 +83,8 @@ def check(f, path) -> dict:
     """
     if f.attrs.get("format", FORMAT) != FORMAT or LABELS not in f:
         raise UserError(f"{path} is not a features file (no {LABELS!r} dataset, or another format)")
+    if LABEL_NAMES not in f:
+        raise UserError(f"{path} has no {LABEL_NAMES!r} dataset (damaged, or written by another program)")
     if not _truthy(f.attrs.get(COMPLETE, False)):
         raise UserError(f"{path} is incomplete (its writing was interrupted); run the same command again")
     attrs = attributes(f)
@@ -113,6 +124,17 @@ def chunk_rows(width: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // max(1, width * itemsize))
 
 
+def is_features_file(path) -> bool:
+    """True for an HDF5 file this project wrote as features (complete or not): what --overwrite may replace."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return plain(f.attrs.get("format")) == FORMAT
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return False
+
+
 def is_complete(path) -> bool:
     """True for a readable, complete features file."""
     import h5py
@@ -133,18 +155,24 @@ SAME_ACROSS_SHARDS = ("format_version", "model", "weights_sha256", "taps", "pool
 def stitch(out, shards, overwrite: bool = False) -> Path:
     """One file from the shard files of a multi-process dump, listed in shard order: each tap's `features` is
     a virtual dataset over the shards' (which must stay beside `out`); labels, paths and index are copied.
-    Written under a temporary name and renamed when complete."""
-    import h5py
+    Written under a temporary name and renamed when complete, holding the output's lock."""
+    from research import io
 
     out, shards = Path(out), [Path(s) for s in shards]
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    tmp = out.with_name(out.name + ".partial")
+    io.check_out(out, overwrite, ours=is_features_file, what="a features file")
+    with io.lock(out):
+        io.check_out(out, overwrite, ours=is_features_file, what="a features file")
+        return io.atomic_write(out, lambda tmp: _write_stitched(tmp, shards, out))
+
+
+def _write_stitched(tmp: Path, shards: list, out: Path) -> None:
+    from research import io
+
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(_open_complete(s)) for s in shards]
         attrs = _stitched_attrs(files, shards)
         taps = attrs["taps"]
-        with h5py.File(tmp, "w", track_order=True) as f:
+        with io.hdf5_file(tmp, "w", track_order=True) as f:
             for tap in taps:
                 name = features_name(tap, taps)
                 _virtual(f, name, [g[name] for g in files], shards, out.parent)
@@ -155,8 +183,6 @@ def stitch(out, shards, overwrite: bool = False) -> Path:
             f.create_dataset(LABEL_NAMES, data=files[0][LABEL_NAMES][()], dtype=files[0][LABEL_NAMES].dtype)
             write_attrs(f, attrs)
             f.attrs[COMPLETE] = True
-    tmp.replace(out)
-    return out
 
 
 @contextlib.contextmanager
@@ -165,8 +191,8 @@ def _open_complete(path: Path):
 
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
-        raise UserError(f"cannot read {path} as HDF5: {str(e).splitlines()[0]}") from e
+    except DAMAGED as e:
+        raise UserError(f"cannot read {path} as HDF5: {_first_line(e)}") from e
     with f:
         check(f, path)
         yield f

@@ -2,12 +2,11 @@
 and PNGs (a confusion matrix; accuracy against depth for multi-tap files), each written atomically."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from research import io
 
 
 def scores(y_true, y_pred, label_names) -> tuple[dict, str]:
@@ -21,24 +20,11 @@ def scores(y_true, y_pred, label_names) -> tuple[dict, str]:
 
 def atomic(path: Path, write) -> Path:
     """Call write(temporary path) next to `path`, then rename it into place, so `path` is never partial."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return io.atomic_write(path, write)
 
 
 def write_json(path: Path, result: dict) -> Path:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-    return atomic(path, write)
+    return io.write_json(path, result, indent=2, sort_keys=False)
 
 
 def write_model(path: Path, model) -> Path:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
-from pathlib import Path
+import logging
+import math
 
 import ml_collections
 
 from research.errors import UserError
 
+log = logging.getLogger(__name__)
+
 PHASE_FIELDS = ("freeze", "learning_rate", "optimizer", "schedule", "epochs")
 # Fields that steer a run but not its result: a resumed run may change them.
-FREE_TYPED = ("freeze", "head.dropout")  # fields of more than one type
 RUN_CONTROL = ("max_steps", "checkpoint", "log_every", "workers", "eval_batch_size")
 
 
@@ -62,9 +64,9 @@ def load(path, overrides=()) -> ml_collections.ConfigDict:
 
 
 def _read(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such config file")
+    from research.resources import config_path
+
+    path = config_path(path)
     spec = importlib.util.spec_from_file_location(f"research_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -99,8 +101,10 @@ def assign(config, dotted: str, value) -> None:
         return
     current = node[leaf]
     if dotted in FREE_TYPED:
+        value = _tuples(value)
+        FREE_TYPED[dotted](value)
         del node[leaf]  # e.g. a preset name or a tuple of rules: either type is fine
-        node[leaf] = _tuples(value)
+        node[leaf] = value
         return
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
@@ -111,6 +115,38 @@ def assign(config, dotted: str, value) -> None:
     except (TypeError, ValueError) as e:
         raise UserError(f"config field {dotted}: {value!r} is not a {type(current).__name__} "
                         f"({str(e).splitlines()[0]})") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_freeze(value) -> None:
+    """A preset name or a sequence of (regex, rule) pairs, checked as far as it can be without the model."""
+    from research.train import freeze
+
+    if isinstance(value, str):
+        if value not in ("head", "top_block", "all") and not value.startswith("from:"):
+            freeze.preset(value, "resnet")  # the unknown-preset error
+        return
+    if not isinstance(value, tuple) or not value:
+        raise UserError(f"config freeze must be a preset (head, top_block, all, from:TAP) or a tuple of "
+                        f"(regex, rule) pairs, got {value!r}")
+    for item in value:
+        if not isinstance(item, tuple):
+            raise UserError(f"a freeze rule is a (regex, rule) pair of strings, got {item!r}")
+    freeze.rules_of(value, "")
+
+
+def check_dropout(value) -> None:
+    """One rate, or one per dense layer (their count is checked with the head)."""
+    rates = value if isinstance(value, tuple) else (value,)
+    if not rates or not all(_is_number(r) and 0.0 <= r < 1.0 for r in rates):
+        raise UserError(f"config head.dropout must be a rate in [0, 1) or a tuple of them, got {value!r}")
+
+
+# Fields of more than one type, each with its check.
+FREE_TYPED = {"freeze": check_freeze, "head.dropout": check_dropout}
 
 
 def _tuples(value):
@@ -137,18 +173,57 @@ def parse_value(text: str):
 
 
 def check(config) -> None:
-    """The checks that need more than a type."""
+    """The checks that need more than a type: every value a run would refuse later is refused here, before a
+    workdir exists."""
+    from research.data.resize import METHODS, check_size
+    from research.models.layers import HeadSpec
+
     if config.dtype not in ("float32", "bfloat16"):
         raise UserError(f"config dtype must be float32 or bfloat16, got {config.dtype!r}")
-    for name in ("batch_size", "image_size"):
-        if config[name] < 1:
-            raise UserError(f"config {name} must be positive, got {config[name]}")
+    check_size(config.image_size, "config image_size")
+    if config.resize not in METHODS:
+        raise UserError(f"config resize {config.resize!r} is unknown; known: {', '.join(METHODS)}")
+    for name, low in (("batch_size", 1), ("eval_batch_size", 0), ("max_steps", 0), ("log_every", 1),
+                      ("workers", 0), ("checkpoint.keep", 1), ("checkpoint.every_steps", 0)):
+        value = config[name] if "." not in name else config[name.split(".")[0]][name.split(".")[1]]
+        if value < low:
+            raise UserError(f"config {name} must be at least {low}, got {value}")
+    for name in ("test", "validation"):
+        if not 0.0 <= config.split[name] < 1.0:
+            raise UserError(f"config split.{name} must be a fraction in [0, 1), got {config.split[name]}")
+    try:
+        HeadSpec(**config.head.to_dict())
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config head: {str(e).splitlines()[0]}") from None
+    if len(config.augment):
+        from research.data.augment import AugmentConfig
+        AugmentConfig.from_dict(config.augment.to_dict())
     for k, phase in enumerate(config.phases, start=1):
         if not isinstance(phase, dict) or set(phase) - set(PHASE_FIELDS):
             raise UserError(f"phase {k} must be a dict of {', '.join(PHASE_FIELDS)}, got {phase!r}")
     for k, phase in enumerate(phases(config), start=1):
-        if phase.epochs < 1:
-            raise UserError(f"phase {k} needs at least one epoch, got {phase.epochs}")
+        _check_phase(phase, f"phase {k}" if config.phases else "config")
+
+
+def _check_phase(phase, where: str) -> None:
+    from research.train.optim import OPTIMIZERS, SCHEDULES
+
+    if phase.epochs < 1:
+        raise UserError(f"{where} needs at least one epoch, got {phase.epochs}")
+    if phase.optimizer.name not in OPTIMIZERS:
+        raise UserError(f"{where}: unknown optimizer {phase.optimizer.name!r}; known: {', '.join(OPTIMIZERS)}")
+    if phase.schedule.name not in SCHEDULES:
+        raise UserError(f"{where}: unknown schedule {phase.schedule.name!r}; known: {', '.join(SCHEDULES)}")
+    rate = phase.learning_rate
+    if not math.isfinite(rate) or rate <= 0:
+        raise UserError(f"{where}: learning_rate must be a positive number, got {rate}")
+    if rate > 1.0:
+        log.warning("%s: learning_rate %g is above 1; fine-tuning rates are usually 1e-5..1e-1", where, rate)
+    for name in ("weight_decay", "momentum"):
+        if phase.optimizer[name] < 0:
+            raise UserError(f"{where}: optimizer.{name} must be non-negative, got {phase.optimizer[name]}")
+    if phase.schedule.warmup_epochs < 0:
+        raise UserError(f"{where}: schedule.warmup_epochs must be non-negative, got {phase.schedule.warmup_epochs}")
 
 
 def phases(config) -> list[ml_collections.ConfigDict]:

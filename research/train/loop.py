@@ -74,6 +74,7 @@ def prepare(config, workdir: Path, echo) -> Setup:
     """Loads weights and data, attaches the head, resolves every phase's freeze rules: all checks up front."""
     from research import load
 
+    configs.check(config)  # a config built in Python skipped load()'s checks
     bundle = load(config.weights)
     source = data.open(config.data)
     spec = heads.target_spec(bundle.spec, source.num_classes, config.head.to_dict(), config.include_top)

@@ -4,11 +4,11 @@ TensorBoard files come from tensorboardX (pinned; no TensorFlow needed). Only pr
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from research import io
 
 SUMMARY = "summary.json"
 CURVES = "curves.png"
@@ -68,13 +68,6 @@ def classification_report(labels, predictions, class_names) -> tuple[str, dict]:
     return report(labels, predictions, **kwargs), report(labels, predictions, output_dict=True, **kwargs)
 
 
-def write_json(out, payload: dict) -> None:
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1, sort_keys=True)))
-
-
-def atomic_write(out, write) -> None:
-    """`write(tmp_path)`, then rename into place, so a reader never sees half a file."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, out)
+# Every file a run writes goes through the one I/O layer: a temporary name, fsync, rename.
+write_json = io.write_json
+atomic_write = io.atomic_write

@@ -3,7 +3,7 @@
 Why: the reproductions need the exact files the published numbers were measured with. A file is looked for in
 the caches Keras and torch already fill (`~/.keras/models/`, `~/.cache/torch/hub/checkpoints/`) and in ours,
 so a user who has run either framework downloads nothing. Every candidate is verified against the published
-checksum before use; a download streams to a temporary name and is renamed into place only once verified, so a
+checksum before use; a download streams to a temporary name and is renamed into place only once verified (`research.io`), so a
 corrupt or interrupted download never lands in a cache.
 
 Checksums: Keras publishes the md5 of each file (keras.applications' `file_hash`); torchvision publishes the
@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from research import io
 from research.errors import UserError
 
 KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications"
@@ -127,9 +128,7 @@ def download(entry: Known, out: Path, progress: bool | None = None) -> Path:
     """Streams `entry.url` to a temporary name beside `out`, verifies it, then renames it into place."""
     from tqdm import tqdm
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.download-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with urllib.request.urlopen(entry.url, timeout=60) as response, open(tmp, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=entry.file, disable=progress is False,
@@ -140,9 +139,10 @@ def download(entry: Known, out: Path, progress: bool | None = None) -> Path:
         if not verify(tmp, entry):
             raise UserError(f"{entry.url}: the download's {entry.algorithm} is not the published {entry.digest}; "
                             f"refused (nothing kept)")
-        os.replace(tmp, out)
+
+    try:
+        with io.writing(out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        return io.atomic_write(out, write)
     except (urllib.error.URLError, OSError) as e:
         raise UserError(f"could not download {entry.url}: {getattr(e, 'reason', e)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out

@@ -5,18 +5,19 @@ variables come from its best (else latest) checkpoint.
 
 `research.json` carries what downstream code must not guess: the model spec, the preprocessing the weights
 expect, and the source file's name and sha256. Outputs are written under a temporary name and renamed when
-complete, and an existing output is replaced only when asked.
+complete (`research.io`), and an existing output is replaced only when asked and only if it is a converted
+checkpoint.
 """
 from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
 
+from research import io
 from research.errors import UserError
 
 META_FILE = "research.json"
@@ -27,30 +28,37 @@ def is_checkpoint(path) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
+def is_converted(path) -> bool:
+    """A folder `save` wrote (its metadata and variables, nothing else): the only folder --overwrite replaces.
+    A fine-tuning workdir is not one."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        entries = {p.name for p in path.iterdir()}
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "finetune" not in meta and entries <= {META_FILE, VARIABLES_DIR}
+
+
 def save(out, variables: dict, meta: dict, overwrite: bool = False) -> Path:
     out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir(parents=True)
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save(tmp / VARIABLES_DIR, variables)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not out.parent.is_dir():
+        with io.writing(out.parent):
+            out.parent.mkdir(parents=True)
+    io.check_out(out, overwrite, ours=is_converted, what="a converted checkpoint", folder=True)
+    with io.lock(out):
+        io.check_out(out, overwrite, ours=is_converted, what="a converted checkpoint", folder=True)
+        io.check_space(out.parent, sum(np.asarray(x).nbytes for x in _leaves(variables)), out)
+        tmp = io.temp_dir(out)
+        try:
+            with io.writing(out):
+                with ocp.StandardCheckpointer() as ckpt:
+                    ckpt.save(tmp / VARIABLES_DIR, variables)
+                io.write_json(tmp / META_FILE, meta)
+            io.replace_dir(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _replace(tmp: Path, out: Path):
-    """Swaps `tmp` into place; the old output is removed only after the new one is there."""
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def load(path) -> tuple[dict, dict]:
@@ -69,6 +77,10 @@ def load(path) -> tuple[dict, dict]:
     with ocp.StandardCheckpointer() as ckpt:
         variables = ckpt.restore(path / VARIABLES_DIR)
     return _to_numpy(variables), meta
+
+
+def _leaves(tree):
+    return [x for v in tree.values() for x in _leaves(v)] if isinstance(tree, dict) else [tree]
 
 
 def _to_numpy(tree):

@@ -46,6 +46,12 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # Zero strides let a few stored bytes claim an enormous tensor; no real weight tensor comes near this.
 _MAX_TENSOR_BYTES = 1 << 38
+# What a file may make us allocate: its tensors' bytes (and, for zip files, the decompressed size of the records
+# read) may be at most this many times the file's size (torch stores records uncompressed; tensors sharing a
+# storage count once each), never below _MIN_BUDGET, and never more than half the memory available.
+_SIZE_FACTOR = 8
+_MIN_BUDGET = 64 << 20
+_MAX_PICKLE_BYTES = 64 << 20  # a state_dict's pickle is kilobytes; data.pkl is read no further than this
 
 
 class _DType(NamedTuple):
@@ -341,6 +347,36 @@ def _materialize(t: _TensorRef, raw: bytes, byteorder: str, name: str, key: str)
     return _bf16_to_f32(out) if t.dtype.name == "bfloat16" else out
 
 
+def _budget(path: Path) -> int:
+    """The most bytes a file of this size may make us allocate (see _SIZE_FACTOR)."""
+    from research.io import available_memory
+
+    return min(max(_SIZE_FACTOR * os.path.getsize(path), _MIN_BUDGET), available_memory() // 2)
+
+
+def _check_layout(t: _TensorRef, name: str, key: str) -> None:
+    """Refuses a tensor whose elements alias each other (a zero stride, or strides that overlap): a few stored
+    bytes could otherwise claim gigabytes. Taken in order of stride, each stride must step past everything the
+    smaller ones reach, as every dense, transposed or sliced tensor does."""
+    reach = 0
+    for stride, size in sorted((s, n) for n, s in zip(t.shape, t.stride) if n > 1):
+        if stride <= reach:
+            raise UserError(f"{name}: tensor '{key}' has overlapping strides {t.stride} for shape {t.shape} "
+                            f"(zero-stride and self-overlapping views are refused)")
+        reach += (size - 1) * stride
+
+
+def _check_sizes(tensors: dict[str, _TensorRef], budget: int, name: str) -> None:
+    """Before any storage is read: layouts sane, and what the tensors and their storages claim within budget."""
+    for key, t in tensors.items():
+        _check_layout(t, name, key)
+    storages = {t.storage.key: t.storage.numel * t.storage.dtype.itemsize for t in tensors.values()}
+    claimed = max(sum(storages.values()), sum(math.prod(t.shape) * t.dtype.itemsize for t in tensors.values()))
+    if claimed > budget:
+        raise UserError(f"{name}: its tensors claim {claimed:,} bytes, more than a file of its size can hold or "
+                        f"this machine can spare ({budget:,}); refused")
+
+
 def _zip_prefix(zf: zipfile.ZipFile, name: str) -> str:
     """torch names the archive's top folder after the file (older) or 'archive' (newer)."""
     for entry in zf.namelist():
@@ -367,22 +403,37 @@ def _read_zip(path: Path, name: str) -> dict[str, np.ndarray]:
     with zf:
         prefix = _zip_prefix(zf, name)
         byteorder = _zip_byteorder(zf, prefix, name)
-        pickled = _zip_record(zf, prefix + "data.pkl", name)
+        pickled = _zip_record(zf, prefix + "data.pkl", name, limit=_MAX_PICKLE_BYTES)
         pickled = _take_pickle(io.BytesIO(pickled), len(pickled), name)
         obj = _unpickle(pickled, name, lambda pid: _storage_from_pid(pid, legacy=False))
         tensors = _select_state_dict(obj, name)
+        _check_sizes(tensors, _budget(path), name)
         blobs: dict[str, bytes] = {}
         out = {}
         for key, t in tensors.items():
             if t.storage.key not in blobs:
-                blobs[t.storage.key] = _zip_record(zf, f"{prefix}data/{t.storage.key}", name)
+                size = t.storage.numel * t.storage.dtype.itemsize
+                blobs[t.storage.key] = _zip_record(zf, f"{prefix}data/{t.storage.key}", name, limit=size,
+                                                   exact=True)
             out[key] = _materialize(t, blobs[t.storage.key], byteorder, name, key)
         return out
 
 
-def _zip_record(zf: zipfile.ZipFile, record: str, name: str, required: bool = True) -> bytes | None:
+def _zip_record(zf: zipfile.ZipFile, record: str, name: str, required: bool = True, limit: int = 1 << 10,
+                exact: bool = False) -> bytes | None:
+    """A record's bytes, decompressed no further than `limit`: a storage is read to its declared size (`exact`),
+    anything else refused beyond it, so a deflate bomb costs nothing."""
     try:
-        return zf.read(record)
+        declared = zf.getinfo(record).file_size
+        if declared > limit and not exact:
+            raise UserError(f"{name}: record '{record}' decompresses past {limit:,} bytes; refused")
+        with zf.open(record) as member:
+            data = member.read(limit if exact else limit + 1)
+        if len(data) > limit:
+            raise UserError(f"{name}: record '{record}' decompresses past {limit:,} bytes; refused")
+        return data
+    except UserError:
+        raise
     except KeyError:
         if required:
             raise UserError(f"{name}: missing storage record '{record}'") from None
@@ -413,6 +464,7 @@ def _read_legacy(path: Path, name: str) -> dict[str, np.ndarray]:
             return ref
 
         tensors = _select_state_dict(next_pickle(resolve), name)
+        _check_sizes(tensors, _budget(path), name)
         keys = next_pickle()
         if not isinstance(keys, list):
             raise UserError(f"{name}: corrupt storage key list")

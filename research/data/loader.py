@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from research.data.decode import BadImage, SkipLog
+from research.data.decode import BadImage, SkipLog, decode_image
 from research.data.resize import policy as make_policy
 from research.data.sources import Source
 from research.errors import UserError
@@ -59,6 +59,8 @@ def batches(source: Source, indices=None, batch_size: int = 32, image_size: int 
     if image_size is None:
         raise UserError("an image size is needed to load images from a folder")
     chosen = make_policy(policy or "direct")
+    if chosen.draft(image_size) and (source.kind != "folder" or source.reader is not None):
+        raise UserError(f"--decode fast reads image files; {source.spec} is a {source.kind} source")
     return _file_batches(source, order, batch_size, image_size, chosen, drop_remainder, workers, prefetch,
                          skips if skips is not None else SkipLog())
 
@@ -102,8 +104,9 @@ def _file_batches(source, order, batch_size, image_size, policy, drop_remainder,
 def _load(source, policy, image_size, index) -> dict:
     """One record, decoded and resized; what went wrong comes back as data, since this may run in another process."""
     index = int(index)
+    draft = policy.draft(image_size)
     try:
-        image = policy.apply(source.image(index), image_size)
+        image = policy.apply(decode_image(source.file(index), draft) if draft else source.image(index), image_size)
     except BadImage as e:
         return {"skip": (source.paths[index], e.reason)}
     return {"images": image, "labels": np.int32(source.labels[index]), "index": np.int64(index)}
@@ -208,7 +211,7 @@ def _check_pack_request(source: Source, image_size, policy) -> None:
     if policy is None:
         return
     asked = make_policy(policy)
-    stored = (source.attrs["resize"], source.attrs["interpolation"])
-    if (asked.method, asked.interpolation) != stored:
-        raise UserError(f"{source.spec} was packed with {stored[0]}/{stored[1]}, not "
-                        f"{asked.method}/{asked.interpolation}")
+    stored = (source.attrs["resize"], source.attrs["interpolation"], source.attrs.get("decode", "default"))
+    if (asked.method, asked.interpolation, asked.decode) != stored:
+        raise UserError(f"{source.spec} was packed with {'/'.join(stored)} decoding, not "
+                        f"{asked.method}/{asked.interpolation}/{asked.decode}")

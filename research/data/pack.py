@@ -56,12 +56,12 @@ class PackResult:
         return head if not len(self.skips) else head + "\n" + self.skips.summary()
 
 
-def write(spec, out, image_size: int, resize: str = "direct", interpolation: str = "bilinear",
+def write(spec, out, image_size: int, resize: str = "direct", interpolation: str = "bilinear", decode: str = "default",
           split_test: float = 0.0, split_val: float = 0.0, seed: int = 0, overwrite: bool = False,
           workers: int | None = None, progress: bool | None = None) -> PackResult:
     """Pack the dataset `spec` into `out`; `progress` None shows a bar only on a terminal."""
     out = _check_out(Path(out), overwrite)
-    policy = make_policy(resize, interpolation)
+    policy = make_policy(resize, interpolation, decode)
     if not 1 <= image_size <= 4096:
         raise UserError(f"--image-size must be in [1, 4096], got {image_size}")
     source = open_source(spec)
@@ -170,6 +170,7 @@ def _write_attrs(f, source: Source, size: int, policy, skips: SkipLog, seeded) -
     f.attrs["image_size"] = size
     f.attrs["resize"] = policy.method
     f.attrs["interpolation"] = policy.interpolation
+    f.attrs["decode"] = policy.decode
     f.attrs["resize_policy"] = json.dumps(record, sort_keys=True)
     f.attrs["source_spec"] = source.spec
     f.attrs["split_origin"] = ("given" if source.split is not None else "none" if seeded is None else

@@ -6,6 +6,7 @@ Measures, on a class-folder tree (default ../shared/datasets/flowers17):
 - decode+resize img/s from the JPEG files with 1, 2, 4, ... up to os.cpu_count() loader threads, and as many
   decoding processes (the loader's way for folders of loader.PROCESS_MIN images or more), pool start included;
   the scaling of N processes over one worker (the loader's own process, one thread), which the issue wants >= 0.8;
+- `--decode fast` (JPEGs decoded at a reduced DCT scale) against the default decode, one worker, raced in turn;
 - the time to write a pack, and pack-read img/s;
 - the epoch-time ratio JPEG (best worker count) / pack: how much a pack saves per epoch;
 - augmentation img/s on the default JAX device (the CPU here) for one batch, compile time apart.
@@ -29,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from research.data import loader, open as open_data, pack  # noqa: E402
+from research.data import loader, open as open_data, pack, resize  # noqa: E402
 from research.data.augment import AugmentConfig, augment  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "flowers17"
@@ -82,6 +83,9 @@ def run(folder: Path, args, tmp: Path) -> dict:
         decode[w] = rate(lambda w=w: batches(source, size, w, processes=False), len(source))
         if w > 1:
             processes[w] = rate(lambda w=w: batches(source, size, w, processes=True), len(source))
+    fast = race({"default": lambda: batches(source, size, 1, False),
+                 "fast": lambda: batches(source, size, 1, False, policy=resize.policy("direct", "bilinear", "fast"))},
+                len(source), 2 if args.quick else 3)
     start = time.perf_counter()
     pack.write(folder, tmp / "p.h5", size, workers=max(workers), progress=False)
     pack_seconds = time.perf_counter() - start
@@ -96,6 +100,7 @@ def run(folder: Path, args, tmp: Path) -> dict:
         "decode_resize_img_per_s": {str(w): round(r, 1) for w, r in decode.items()},
         "decode_processes_img_per_s": {str(w): round(r, 1) for w, r in processes.items()},
         "process_scaling": {str(w): round(r / (w * decode[1]), 3) for w, r in processes.items()},
+        "decode_fast_one_worker_img_per_s": fast, "decode_fast_speedup": round(fast["fast"] / fast["default"], 2),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "pack_write_s": round(pack_seconds, 2), "pack_mib": round((tmp / "p.h5").stat().st_size / 2**20, 1),
         "pack_read_img_per_s": round(pack_read, 1),
@@ -123,6 +128,17 @@ def worker_counts(cpus: int) -> list[int]:
     while counts[-1] * 2 <= cpus:
         counts.append(counts[-1] * 2)
     return counts if counts[-1] == cpus else counts + [cpus]
+
+
+def race(ways: dict, count: int, repeats: int) -> dict:
+    """{way: img/s, the best of `repeats`}, the ways timed in turn within each repeat."""
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(repeats):
+        for way, make in ways.items():
+            start = time.perf_counter()
+            make()
+            best[way] = min(best[way], time.perf_counter() - start)
+    return {way: round(count / seconds, 1) for way, seconds in best.items()}
 
 
 def rate(make_batches, count: int, repeats: int = 1) -> float:
@@ -170,7 +186,7 @@ def summary(result: dict) -> str:
     decode += "; " + ", ".join(f"{w} proc {r:.0f} ({result['process_scaling'][w]:.2f} of {w}x one worker)"
                                for w, r in result.get("decode_processes_img_per_s", {}).items())
     return (f"{result['params']['images']} images at {result['params']['image_size']}px: decode+resize img/s "
-            f"{decode}; pack read {result['pack_read_img_per_s']:.0f} img/s; epoch JPEG/pack "
+            f"{decode}; --decode fast {result['decode_fast_speedup']}x on one worker; pack read {result['pack_read_img_per_s']:.0f} img/s; epoch JPEG/pack "
             f"{result['epoch_ratio_jpeg_over_pack']}x; augment {result['augment']['img_per_s']:.0f} img/s "
             f"(batch {result['augment']['batch']}, {result['augment']['device']})")
 

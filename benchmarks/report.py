@@ -65,6 +65,9 @@ def targets(result: dict) -> list[dict]:
                 if value is not None:
                     out.append({"target": f"{title} {op} {threshold:,.0f}", "model": name, "key": case,
                                 "value": value, "pass": check(value, op, threshold)})
+    for workers, scaling in result.get("loader", {}).get("process_scaling", {}).items():
+        out.append({"target": f"(e) {workers} decoding processes >= 0.8 x {workers} x one worker's img/s",
+                    "model": None, "key": "process_scaling", "value": scaling, "pass": scaling >= 0.8})
     ratio = result.get("loader", {}).get("epoch_ratio_jpeg_over_pack")
     if ratio is not None:
         out.append({"target": "(e) pack epoch >= 3x faster than JPEG", "model": None, "key": "pack",
@@ -181,6 +184,9 @@ def markdown(result: dict) -> str:
     if "loader" in result:
         lo = result["loader"]
         decode = ", ".join(f"{w} thr {x:,.0f}" for w, x in lo["decode_resize_img_per_s"].items())
+        decode += "".join(f", {w} proc {x:,.0f}" for w, x in lo.get("decode_processes_img_per_s", {}).items())
+        if lo.get("decode_fast_speedup"):
+            decode += f"; `--decode fast` {lo['decode_fast_speedup']}x on one worker"
         lines += [f"**e loader** ({lo['images']} images at {lo['image_size']} px from {result['params']['data']}): "
                   f"JPEG decode+resize img/s {decode}; pack read {lo['pack_read_img_per_s']:,.0f} img/s; "
                   f"epoch JPEG/pack {lo['epoch_ratio_jpeg_over_pack']}x.", ""]

@@ -4,7 +4,8 @@
 
 Measures, on a class-folder tree (default ../shared/datasets/flowers17):
 - decode+resize img/s from the JPEG files with 1, 2, 4, ... up to os.cpu_count() loader threads, and as many
-  decoding processes (the loader's way for folders of loader.PROCESS_MIN images or more), pool start included;
+  decoding processes (the loader's way for folders of loader.PROCESS_MIN images or more), pool start included,
+  the better of two passes (the first also starts multiprocessing's fork server, once per process);
   the scaling of N processes over one worker (the loader's own process, one thread), which the issue wants >= 0.8;
 - `--decode fast` (JPEGs decoded at a reduced DCT scale) against the default decode, one worker, raced in turn;
 - the time to write a pack, and pack-read img/s;
@@ -31,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from research.data import loader, open as open_data, pack, resize  # noqa: E402
-from research.data.augment import AugmentConfig, augment  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "flowers17"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,7 +82,7 @@ def run(folder: Path, args, tmp: Path) -> dict:
     for w in workers:  # threads and processes in turn at each count, so load from other processes hits both
         decode[w] = rate(lambda w=w: batches(source, size, w, processes=False), len(source))
         if w > 1:
-            processes[w] = rate(lambda w=w: batches(source, size, w, processes=True), len(source))
+            processes[w] = rate(lambda w=w: batches(source, size, w, processes=True), len(source), repeats=2)
     fast = race({"default": lambda: batches(source, size, 1, False),
                  "fast": lambda: batches(source, size, 1, False, policy=resize.policy("direct", "bilinear", "fast"))},
                 len(source), 2 if args.quick else 3)
@@ -155,6 +155,8 @@ def rate(make_batches, count: int, repeats: int = 1) -> float:
 def augment_rate(size: int, batch: int, repeats: int) -> dict:
     """img/s of the default Keras-like config (plus a random-resized crop) on one batch, after compiling."""
     import jax
+
+    from research.data.augment import AugmentConfig, augment  # JAX: imported here, not where decoding workers start
 
     cfg = AugmentConfig(crop_scale=(0.25, 1.0))
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))

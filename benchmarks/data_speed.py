@@ -5,7 +5,7 @@
 Measures, on a class-folder tree (default ../shared/datasets/flowers17):
 - decode+resize img/s from the JPEG files with 1, 2, 4, ... up to os.cpu_count() loader threads, and as many
   decoding processes (the loader's way for folders of loader.PROCESS_MIN images or more), pool start included,
-  the better of two passes (the first also starts multiprocessing's fork server, once per process);
+  all raced in turn, the best pass of each kept (the first pass also starts multiprocessing's fork server);
   the scaling of N processes over one worker (the loader's own process, one thread), which the issue wants >= 0.8;
 - `--decode fast` (JPEGs decoded at a reduced DCT scale) against the default decode, one worker, raced in turn;
 - the time to write a pack, and pack-read img/s;
@@ -78,11 +78,12 @@ def run(folder: Path, args, tmp: Path) -> dict:
     size = args.image_size
     warm_page_cache(source)
     workers = worker_counts(os.cpu_count() or 1)
-    decode, processes = {}, {}
-    for w in workers:  # threads and processes in turn at each count, so load from other processes hits both
-        decode[w] = rate(lambda w=w: batches(source, size, w, processes=False), len(source))
-        if w > 1:
-            processes[w] = rate(lambda w=w: batches(source, size, w, processes=True), len(source), repeats=2)
+    ways = {(w, False): lambda w=w: batches(source, size, w, processes=False) for w in workers}
+    ways.update({(w, True): lambda w=w: batches(source, size, w, processes=True) for w in workers if w > 1})
+    # every way in turn within each pass, the best pass kept, so load from other processes falls on all alike
+    raced = race(ways, len(source), 2 if args.quick else 3)
+    decode = {w: raced[w, False] for w in workers}
+    processes = {w: raced[w, True] for w in workers if w > 1}
     fast = race({"default": lambda: batches(source, size, 1, False),
                  "fast": lambda: batches(source, size, 1, False, policy=resize.policy("direct", "bilinear", "fast"))},
                 len(source), 2 if args.quick else 3)

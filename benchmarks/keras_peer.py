@@ -12,8 +12,11 @@ import numpy as np
 from . import timing
 
 APPS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152", "vgg16": "VGG16",
-        "vgg19": "VGG19"}
-TOP_BLOCK = {"resnet": "conv5_", "vgg": "block5_"}  # Keras' names for our stage4 / block5
+        "vgg19": "VGG19", "mobilenet_v2": "MobileNetV2"}
+# Keras' layer-name prefixes of our top block: stage4 / block5 / MobileNetV2's stage5 (blocks 13-16) and top
+TOP_BLOCK = {"resnet": ("conv5_",), "vgg": ("block5_",),
+             "mobilenet": ("block_13_", "block_14_", "block_15_", "block_16_", "Conv_1", "out_relu")}
+PREPROCESS_MODE = {"mobilenet": "tf"}  # imagenet_utils.preprocess_input's mode; caffe for the others
 
 
 def load():
@@ -43,11 +46,12 @@ class Peer:
         self.keras, self.family = keras, s.spec.family
         self.base = getattr(keras.applications, APPS[s.spec.arch])(
             weights=None, include_top=False, input_shape=(size, size, 3),
-            pooling="avg" if self.family == "resnet" else None)
-        x = self.base.output if self.family == "resnet" else keras.layers.GlobalAveragePooling2D()(self.base.output)
+            pooling=None if self.family == "vgg" else "avg")
+        x = keras.layers.GlobalAveragePooling2D()(self.base.output) if self.family == "vgg" else self.base.output
         self.model = keras.Model(self.base.input, keras.layers.Dense(classes)(x))
         keras.config.set_dtype_policy("float32")  # the policy only matters while layers are built
-        self.preprocess = keras.applications.imagenet_utils.preprocess_input  # caffe mode, as both apps use
+        mode = PREPROCESS_MODE.get(self.family, "caffe")
+        self.preprocess = lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode=mode)
         self.images = s.images
         self.x_host = np.asarray(self.preprocess(np.asarray(s.images, np.float32)))
         self.x = jax.device_put(self.x_host)
@@ -89,7 +93,7 @@ class Peer:
         self.base.trainable = True
         for layer in self.base.layers:
             layer.trainable = preset == "all" or (preset == "top_block" and layer.name.startswith(
-                TOP_BLOCK[self.family]))
+                TOP_BLOCK[self.family]))  # str.startswith takes a tuple of prefixes
 
     def runners(self, case: str, preset: str | None) -> dict:
         """{"keras:WAY": Runner} for case a (both ways) or a train case."""

@@ -14,6 +14,7 @@ from research.errors import UserError
 CLASSES = 17  # a transfer task's head (flowers17); its size hardly matters to speed
 PRESETS = {"b": "head", "c": "top_block", "d": "all"}
 PREPROCESSING = {"keras": "caffe", "torchvision": "torch"}
+FAMILY_PREPROCESSING = {"mobilenet": "tf", "efficientnet": "tflite"}  # what their weight files record
 
 
 @dataclasses.dataclass
@@ -38,13 +39,13 @@ def spec_of(name: str):
     if arch not in ARCHS:
         raise UserError(f"unknown model {arch!r}; known: {', '.join(ARCHS)}")
     layout = layout or ("keras" if "keras" in ARCHS[arch][1] else ARCHS[arch][1][0])
-    if layout not in PREPROCESSING:
-        raise UserError(f"bench supports the keras and torchvision layouts, not {layout!r}")
     if ARCHS[arch][0] == "vgg":
         return ModelSpec(arch, layout, include_top=False, num_classes=CLASSES, head=HeadSpec(pool="avg"))
-    if ARCHS[arch][0] != "resnet":
-        raise UserError(f"bench covers the ResNet and VGG families, not {arch}")
     return ModelSpec(arch, layout, num_classes=CLASSES)
+
+
+def preprocessing_of(spec) -> str:
+    return FAMILY_PREPROCESSING.get(spec.family) or PREPROCESSING[spec.layout]
 
 
 def setup(name: str, image_size: int, batch: int, dtype: str, seed: int = 0) -> Setup:
@@ -52,7 +53,7 @@ def setup(name: str, image_size: int, batch: int, dtype: str, seed: int = 0) -> 
 
     spec = spec_of(name)
     variables = random_variables(spec, seed)
-    preprocessing = PREPROCESSING[spec.layout]
+    preprocessing = preprocessing_of(spec)
     meta = {"model": spec.to_dict(), "preprocessing": preprocessing, "source": {"file": "random-init"}}
     rng = np.random.default_rng(seed)
     images = jax.device_put(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8))

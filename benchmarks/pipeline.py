@@ -35,7 +35,8 @@ def loader(folder: Path, image_size: int, quick: bool, tmp: Path) -> dict:
     """Case e: `data_speed.run` (decode+resize by thread count, pack write and read); leaves tmp/p.h5."""
     args = argparse.Namespace(data=str(folder), image_size=image_size, quick=quick)
     result = data_speed.run(folder, args, tmp)
-    keep = ("decode_resize_img_per_s", "pack_write_s", "pack_read_img_per_s", "epoch_s", "epoch_ratio_jpeg_over_pack")
+    keep = ("decode_resize_img_per_s", "decode_processes_img_per_s", "process_scaling", "decode_fast_speedup",
+            "pack_write_s", "pack_read_img_per_s", "epoch_s", "epoch_ratio_jpeg_over_pack")
     return {"images": result["params"]["images"], "image_size": image_size, **{k: result[k] for k in keep}}
 
 

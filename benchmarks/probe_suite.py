@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import run
+from . import run
 from research.probe import fewshot, knn, metrics
 
 FULL = {"n": 100_000, "d": 2048, "classes": 1000, "test": 10_000}

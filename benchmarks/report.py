@@ -4,7 +4,8 @@ from __future__ import annotations
 
 CASE_TITLES = {"a": "a forward ({tap})", "b": "b head-only step", "c": "c top-block step", "d": "d full fine-tune"}
 # (name, case key in ratios, comparison, threshold)
-CPU_TARGETS = (("(a) ours/Keras-JAX", "a_vs_keras", ">=", 1.1), ("(b) cost / (a)", "b_cost", "<=", 1.15),
+CPU_TARGETS = (("(a) ours/Keras-JAX", "a_vs_keras", ">=", 1.1), ("(a) ours/PyTorch CPU", "a_vs_torch", ">=", 1.0),
+               ("(b) cost / (a)", "b_cost", "<=", 1.15),
                ("(c) cost / (a)", "c_cost", "<=", 1.5), ("(f) dump pack / (a)", "f_pack", ">=", 0.9),
                ("(f) dump jpeg / (a)", "f_jpeg", ">=", 0.9))
 GPU_TARGETS = (("ResNet-50 (a) inference img/s", "a", ">=", 10_000.0),
@@ -18,7 +19,7 @@ def rate(record) -> float | None:
 
 
 def keras_best(peer: dict, case: str) -> tuple[str, float] | None:
-    """The fastest Keras way timed for `case`: (how, img/s)."""
+    """The fastest way a peer (Keras, PyTorch) was timed for `case`: (how, img/s)."""
     ways = {k: rate(v) for k, v in peer.get(case, {}).items() if rate(v)}
     return max(ways.items(), key=lambda kv: kv[1]) if ways else None
 
@@ -32,11 +33,12 @@ def ratios(model: dict) -> dict:
         reference = cases.get(case, {}).get("a_same_race_img_per_s") or a
         if reference and rate(cases.get(case)):
             out[f"{case}_cost"] = round(reference / rate(cases[case]), 3)
-    for case in "abcd":
-        best = keras_best(peer, case)
-        if best and rate(cases.get(case)):
-            out[f"{case}_vs_keras"] = round(rate(cases[case]) / best[1], 3)
-            out[f"{case}_keras_way"] = best[0]
+    for name, ways in (("keras", peer), ("torch", model.get("torch", {}))):
+        for case in "abcd":
+            best = keras_best(ways, case)
+            if best and rate(cases.get(case)):
+                out[f"{case}_vs_{name}"] = round(rate(cases[case]) / best[1], 3)
+                out[f"{case}_{name}_way"] = best[0]
     for data in ("pack", "jpeg"):
         f = cases.get(f"f_{data}", {})
         if rate(f) and f.get("forward_float32_img_per_s"):
@@ -63,6 +65,9 @@ def targets(result: dict) -> list[dict]:
                 if value is not None:
                     out.append({"target": f"{title} {op} {threshold:,.0f}", "model": name, "key": case,
                                 "value": value, "pass": check(value, op, threshold)})
+    for workers, scaling in result.get("loader", {}).get("process_scaling", {}).items():
+        out.append({"target": f"(e) {workers} decoding processes >= 0.8 x {workers} x one worker's img/s",
+                    "model": None, "key": "process_scaling", "value": scaling, "pass": scaling >= 0.8})
     ratio = result.get("loader", {}).get("epoch_ratio_jpeg_over_pack")
     if ratio is not None:
         out.append({"target": "(e) pack epoch >= 3x faster than JPEG", "model": None, "key": "pack",
@@ -125,13 +130,13 @@ def _fmt(x, digits=1) -> str:
     return "—" if x is None else f"{x:,.{digits}f}"
 
 
-def _row(title, ours: dict | None, cost, peer, vs) -> str:
+def _row(title, ours: dict | None, cost, peer, vs, torch="—", vs_torch=None) -> str:
     ours = ours or {}
     spread = f"{_fmt(rate(ours))} ({_fmt(ours.get('img_per_s_min'))}–{_fmt(ours.get('img_per_s_max'))})" \
         if rate(ours) else "—"
     mfu = f"{100 * ours['mfu']:.1f}%" if ours.get("mfu") is not None else "—"
     return (f"| {title} | {spread} | {_fmt(ours.get('compile_s'))} | {_fmt(ours.get('gflops_per_step'), 2)} | {mfu} "
-            f"| {_fmt(cost, 2)} | {peer} | {_fmt(vs, 2)} |")
+            f"| {_fmt(cost, 2)} | {peer} | {_fmt(vs, 2)} | {torch} | {_fmt(vs_torch, 2)} |")
 
 
 def model_table(name: str, model: dict) -> list[str]:
@@ -139,22 +144,22 @@ def model_table(name: str, model: dict) -> list[str]:
     lines = [f"### {name}: {model['spec']['arch']} ({model['spec']['layout']} layout, {model['preprocessing']} "
              f"preprocessing), {model['image_size']} px, batch {model['batch']}, {model['dtype']}", "",
              "| case | ours img/s (min–max) | compile s | GFLOP/step | MFU | cost vs (a) | Keras-JAX img/s "
-             "| ours/Keras |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| ours/Keras | PyTorch CPU img/s | ours/PyTorch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for case in "abcd":
         if case not in cases:
             continue
-        ways = peer.get(case, {})
-        shown = ", ".join(f"{way} {_fmt(rate(v))}" for way, v in ways.items()) or peer.get("absent", "—")
+        shown = [", ".join(f"{way} {_fmt(rate(v))}" for way, v in p.get(case, {}).items()) or p.get("absent", "—")
+                 for p in (peer, model.get("torch", {}))]
         title = CASE_TITLES[case].format(tap=cases[case].get("tap", ""))
-        lines.append(_row(title, cases[case], 1.0 if case == "a" else r.get(f"{case}_cost"), shown,
-                          r.get(f"{case}_vs_keras")))
+        lines.append(_row(title, cases[case], 1.0 if case == "a" else r.get(f"{case}_cost"), shown[0],
+                          r.get(f"{case}_vs_keras"), shown[1], r.get(f"{case}_vs_torch")))
     for data in ("pack", "jpeg"):
         if f"f_{data}" in cases:
             f = cases[f"f_{data}"]
             lines.append(f"| f features.dump, {data} ({f['images']} images) | {_fmt(rate(f))} | — | | "
                          f"| {_fmt(r.get(f'f_{data}'), 2)} of a float32 forward at "
-                         f"{_fmt(f['forward_float32_img_per_s'])} | | |")
+                         f"{_fmt(f['forward_float32_img_per_s'])} | | | | |")
     return lines + [""]
 
 
@@ -168,7 +173,7 @@ def markdown(result: dict) -> str:
              f"{m.get('load_average_end')} at the end. Matmul peak: {peaks or '—'}.", "",
              "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()), "",
              f"Method: AOT compile timed apart (Keras: first call less the median), 1 warm-up, median of "
-             f"{p['repeats']} blocked repeats (min–max in brackets); within a case ours, Keras' and (for b-d) our "
+             f"{p['repeats']} blocked repeats (min–max in brackets); within a case ours, Keras', PyTorch's and (for b-d) our "
              f"forward again run in turn each repeat, so shared-machine load hits them alike and cost vs (a) comes "
              f"from that same race. Our inputs are device-resident uint8 with preprocessing inside the jitted "
              f"function (Keras jit the same; predict_on_batch takes host float32, train_on_batch device float32); "
@@ -179,6 +184,9 @@ def markdown(result: dict) -> str:
     if "loader" in result:
         lo = result["loader"]
         decode = ", ".join(f"{w} thr {x:,.0f}" for w, x in lo["decode_resize_img_per_s"].items())
+        decode += "".join(f", {w} proc {x:,.0f}" for w, x in lo.get("decode_processes_img_per_s", {}).items())
+        if lo.get("decode_fast_speedup"):
+            decode += f"; `--decode fast` {lo['decode_fast_speedup']}x on one worker"
         lines += [f"**e loader** ({lo['images']} images at {lo['image_size']} px from {result['params']['data']}): "
                   f"JPEG decode+resize img/s {decode}; pack read {lo['pack_read_img_per_s']:,.0f} img/s; "
                   f"epoch JPEG/pack {lo['epoch_ratio_jpeg_over_pack']}x.", ""]

@@ -1,5 +1,5 @@
-"""Speed of the forward, the train steps, the data path and the probes, against Keras 3 on JAX and the device's
-matmul peak.
+"""Speed of the forward, the train steps, the data path and the probes, against Keras 3 on JAX, PyTorch on the
+CPU (the mobile models) and the device's matmul peak.
 
     python -m benchmarks.run --quick                      # CPU-sized: 224 px, batch 8, 3 repeats, ~6 min on 2 cores
     python -m benchmarks.run --cases a --models resnet50 --image-size 224 --batch-size 16
@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the small probe problem")
     p.add_argument("--cases", default=CASES, help="a,b,...: a forward, b head / c top-block / d full train step, "
                    "e loader, f features.dump, g probes (default: all)")
-    p.add_argument("--models", default="resnet50,vgg16", help="arch or arch:layout, comma-separated")
+    p.add_argument("--models", default="resnet50,vgg16,mobilenet_v2,efficientnet_lite0",
+                   help="arch or arch:layout, comma-separated")
     p.add_argument("--image-size", type=int, help="default 224")
     p.add_argument("--batch-size", help="N, or per model: resnet50=256,vgg16=128 (default 32, 8 with --quick)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -42,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, help="images for e/f (default: all of the data; 32 with --quick)")
     p.add_argument("--data", help="a class-folder tree for e/f (default ../shared/datasets/flowers17, else generated)")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras 3 peer")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch CPU peer (mobile models)")
     p.add_argument("--xla-cpu", choices=["eigen", "default"],
                    help="how our functions compile on CPU (research/xla.py): eigen, research's default (XLA's "
                    "convolutions, YNNPACK reductions), or XLA's own default (YNNPACK for both); the Keras peer always "
@@ -102,7 +104,7 @@ def resolve(args) -> dict:
             "image_size": args.image_size or base["image_size"], "batch": batches(args.batch_size, models,
                                                                                   base["batch"]),
             "repeats": args.repeats or base["repeats"], "images": args.images or base["images"],
-            "data": args.data, "keras": not args.no_keras, "xla_cpu": xla_cpu()}
+            "data": args.data, "keras": not args.no_keras, "torch": not args.no_torch, "xla_cpu": xla_cpu()}
 
 
 def xla_cpu() -> str | None:
@@ -153,7 +155,7 @@ def measure(o: dict, command: str, save=None) -> dict:
     result = {"benchmark": "bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": command, "machine": timing.machine(), "versions": timing.versions(),
               "params": {k: o[k] for k in ("quick", "cases", "models", "dtype", "image_size", "batch", "repeats",
-                                           "images", "keras", "xla_cpu")}, "peak": peaks(o), "models": {}, "notes": []}
+                                           "images", "keras", "torch", "xla_cpu")}, "peak": peaks(o), "models": {}, "notes": []}
     keras, why = keras_peer.load() if o["keras"] else (None, "peer off (--no-keras)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -214,16 +216,19 @@ def data_cases(o: dict, result: dict, tmp: Path) -> dict:
 
 def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, progress) -> dict:
     """Our cases a-d, each raced against its Keras twin, then f; `progress(model)` after each."""
-    from . import keras_peer, models, timing
+    from . import keras_peer, models, timing, torch_peer
 
     batch = o["batch"][name]
     s = models.setup(name, o["image_size"], batch, o["dtype"])
     ceiling = peak[o["dtype"]]["flop_per_s"]
     why = why or keras_peer.absent_reason(s.spec) or (None if set("abcd") & set(o["cases"]) else "no case a-d")
     peer = None if why else keras_peer.Peer(keras, s, models.CLASSES)
-    cases, peer_cases, forward = {}, {}, models.forward(s)
+    why_torch = (torch_peer.absent_reason(s.spec, o["dtype"]) if o["torch"] else "peer off (--no-torch)")
+    torch = None if why_torch else torch_peer.Peer(s, models.CLASSES)
+    cases, peer_cases, torch_cases, forward = {}, {}, {}, models.forward(s)
     model = {"spec": s.spec.to_dict(), "preprocessing": s.preprocessing, "image_size": o["image_size"],
-             "batch": batch, "dtype": o["dtype"], "cases": cases, "keras": {"absent": why} if why else peer_cases}
+             "batch": batch, "dtype": o["dtype"], "cases": cases, "keras": {"absent": why} if why else peer_cases,
+             "torch": {"absent": why_torch} if why_torch else torch_cases}
     # a first (the others' cost is relative to it), then the train steps in the order asked for
     for case in "a" + "".join(c for c in o["cases"] if c in "bcd"):
         if case not in o["cases"] and not (case == "a" and "f" in o["cases"]):
@@ -231,13 +236,16 @@ def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, pro
         # a train step races our forward too, so its cost vs (a) is measured under the same load
         runners = {"ours": forward} if case == "a" else {"ours": models.train(s, models.PRESETS[case]),
                                                          "ours:a": forward}
-        if peer and case in o["cases"]:
-            runners.update(peer.runners(case, models.PRESETS.get(case)))
+        for other in (peer, torch):
+            if other and case in o["cases"]:
+                runners.update(other.runners(case, models.PRESETS.get(case)))
         timed = timing.race(runners, o["repeats"], batch, ceiling)
         cases[case] = timed.pop("ours")
         if "ours:a" in timed:
             cases[case]["a_same_race_img_per_s"] = timed.pop("ours:a")["img_per_s"]
-        peer_cases.update({case: {k.removeprefix("keras:"): v for k, v in timed.items()}} if timed else {})
+        for prefix, into in (("keras:", peer_cases), ("torch:", torch_cases)):
+            ways = {k.removeprefix(prefix): v for k, v in timed.items() if k.startswith(prefix)}
+            into.update({case: ways} if ways else {})
         progress(model)
     if "f" in o["cases"]:
         cases.update(dump_cases(s, o, data, tmp, forward if o["dtype"] == "float32" else models.forward(s, "float32")))

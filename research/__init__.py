@@ -3,8 +3,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from research.bundle import Bundle  # noqa: E402
 from research.errors import UserError  # noqa: E402
+
+
+def __getattr__(name: str):
+    """`Bundle` on first use: importing it imports JAX (seconds), which the loader's decoding processes, which
+    import `research.data`, do not need."""
+    if name == "Bundle":
+        from research.bundle import Bundle
+        return Bundle
+    raise AttributeError(f"module 'research' has no attribute {name!r}")
 
 
 def load(path, arch: str | None = None, num_classes: int | None = None, seed: int = 0) -> Bundle:
@@ -14,6 +22,7 @@ def load(path, arch: str | None = None, num_classes: int | None = None, seed: in
     fresh head of that size (0 removes the head), initialised from `seed`.
     """
     from research import weights
+    from research.bundle import Bundle
     from research.models import ModelSpec
 
     if weights.sniff(path) == "checkpoint":

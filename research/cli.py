@@ -36,7 +36,7 @@ def cmd_pack(args) -> None:
     from research.data import pack
 
     result = pack.write(args.data, args.out, args.image_size, resize=args.resize, interpolation=args.interpolation,
-                        split_test=args.split_test, split_val=args.split_val, seed=args.seed,
+                        decode=args.decode, split_test=args.split_test, split_val=args.split_val, seed=args.seed,
                         overwrite=args.overwrite, workers=args.workers)
     print(result.summary())
 
@@ -47,7 +47,7 @@ def cmd_features(args) -> None:
     result = dump(args.weights, args.data, args.tap, args.out, pool=args.pool, image_size=args.image_size,
                   resize=args.resize, batch_size=args.batch_size, buffer_size=args.buffer_size, split=args.split,
                   dtype=args.dtype, overwrite=args.overwrite, workers=args.workers, shard=_shard(args.shard),
-                  interpolation=args.interpolation)
+                  interpolation=args.interpolation, decode=args.decode)
     print(result.summary())
 
 
@@ -82,11 +82,14 @@ def add_features_parser(sub) -> None:
                    help="default: shorter_center_crop for torch-preprocessed weights, direct for caffe")
     p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS,
                    help="the resize filter (default bilinear; Keras' load_img and flow_from_directory use nearest)")
+    p.add_argument("--decode", default="default", choices=["default", "fast"],
+                   help="fast: JPEGs decoded at a reduced DCT scale before the resize (faster; pixels differ from "
+                   "Keras' and torchvision's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--buffer-size", type=int, default=1000, help="rows flushed to disk at least this often")
     p.add_argument("--split", choices=["train", "validation", "test"], help="one given split (default: all)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="the stored dtype")
-    p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
+    p.add_argument("--workers", type=int, help="decoding workers: processes for folders of 256+ images, else threads (default: up to 8)")
     p.add_argument("--out", required=True, help="the .h5 file to write (OUT.partial until complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT, or restart a partial one")
     p.add_argument("--shard", metavar="I/N", help="dump only block I of N of the records (one per host), then "
@@ -294,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default="direct", choices=["direct", "shorter_center_crop"],
                    help="direct (Keras) or shorter side to N/0.875 then centre crop (torchvision)")
     p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS)
+    p.add_argument("--decode", default="default", choices=["default", "fast"],
+                   help="fast: JPEGs decoded at a reduced DCT scale before the resize (recorded in the pack)")
     p.add_argument("--split-test", type=float, default=0.0, help="fraction of each class to put in test")
     p.add_argument("--split-val", type=float, default=0.0, help="fraction of each class to put in validation")
     p.add_argument("--seed", type=int, default=0, help="the seed of the split")
-    p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
+    p.add_argument("--workers", type=int, help="decoding workers: processes for folders of 256+ images, else threads (default: up to 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=cmd_pack)
     add_features_parser(sub)

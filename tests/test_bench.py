@@ -115,3 +115,22 @@ def test_matmul_flops_are_counted_on_the_traced_program():
     assert timing.compile_aot(jax.jit(net), w, x)[2] == conv + dense
     # the gradient of the weights adds one weight-gradient product per layer, and the dense layer's input gradient
     assert timing.compile_aot(jax.jit(jax.grad(net)), w, x)[2] == 2 * conv + 3 * dense
+
+
+def test_mobile_models_race_a_pytorch_peer(tmp_path):
+    """EfficientNet-Lite0 against its own PyTorch source, timed in the same race; MobileNetV2's torchvision peer is
+    absent where torchvision is (torch's CPU wheel), and the output says why."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    out = tmp_path / "mobile.json"
+    assert run.main(["--models", "efficientnet_lite0", "--image-size", "32", "--batch-size", "2", "--repeats", "1",
+                     "--cases", "a,b", "--no-keras", "--out", str(out)]) == 0
+    model = json.loads(out.read_text())["models"]["efficientnet_lite0"]
+    assert model["torch"]["a"]["forward"]["img_per_s"] > 0 and model["torch"]["b"]["train_step"]["img_per_s"] > 0
+    assert model["torch"]["b"]["train_step"]["trainable_params"] == 1280 * 17 + 17  # the head only, as ours
+    assert model["preprocessing"] == "tflite" and model["ratios"]["a_vs_torch"] > 0
+    assert "| PyTorch CPU img/s |" in out.with_suffix(".md").read_text()
+    import importlib.util
+
+    from benchmarks import models, torch_peer
+    why = torch_peer.absent_reason(models.spec_of("mobilenet_v2"), "float32")
+    assert why is None if importlib.util.find_spec("torchvision") else why.startswith("torchvision not importable")

@@ -122,3 +122,33 @@ def test_bad_specs_are_one_line_user_errors(tmp_path, spec, message):
     with pytest.raises(UserError, match=message) as info:
         data.open(spec if spec.startswith("tfds:") else tmp_path / spec)
     assert "\n" not in str(info.value)
+
+
+def test_decoding_processes_give_the_threads_batches_and_skips(messy, monkeypatch, caplog):
+    """Big folders decode in spawned processes: same order, same bytes, same batches, the same skips warned here."""
+    from research.data import loader
+
+    source = data.open(messy)
+    order = loader.ordering(len(source), 7, True)
+
+    def run():
+        skips = SkipLog()
+        with caplog.at_level(logging.WARNING):
+            got = list(data.batches(source, order, 4, 16, "direct", workers=2, skips=skips))
+        return got, skips
+
+    threads, thread_skips = run()
+    monkeypatch.setattr(loader, "PROCESS_MIN", 0)
+    monkeypatch.setattr(loader, "CHUNK", 2)  # several tasks in flight, finishing out of order
+    calls, original = [], loader._in_processes
+    monkeypatch.setattr(loader, "_in_processes", lambda *a: calls.append(1) or original(*a))
+    caplog.clear()
+    processes, process_skips = run()
+    assert calls  # the process path ran
+    assert [len(b["index"]) for b in processes] == [len(b["index"]) for b in threads] == [4, 4, 4, 4, 1]
+    for p, t in zip(processes, threads):
+        for key in ("images", "labels", "index"):
+            assert p[key].dtype == t[key].dtype
+            np.testing.assert_array_equal(p[key], t[key])
+    assert process_skips.items() == thread_skips.items() and len(process_skips) == 3
+    assert all(name in caplog.text for name in BAD)

@@ -16,19 +16,25 @@ from research.models import ModelSpec, layers, lowering
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def both(shape, kernel, stride, padding, groups=1, seed=0):
-    """(lax's output and grads, ours) for one convolution on random data."""
+def both(shape, kernel, stride, padding, groups=1, seed=0, features=6, dtype=jnp.float32, **kw):
+    """(lax's output and grads, ours) for one convolution on random data; `kw` goes to both."""
     rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[-1] // groups, 6)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal(shape), dtype)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[-1] // groups, features)), dtype)
     numbers = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
 
-    def run(conv, **kw):
+    def run(conv, **more):
         f = lambda x, w: conv(x, w, (stride, stride), padding, dimension_numbers=numbers,  # noqa: E731
-                              feature_group_count=groups, **kw)
-        return f(x, w), jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1))(x, w)
+                              feature_group_count=groups, **kw, **more)
+        return f(x, w), jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2), (0, 1))(x, w)
 
     return run(lax.conv_general_dilated, precision="highest"), run(lowering.conv_general_dilated), (x, w, numbers)
+
+
+def assert_close(got, ref, tolerance=1e-5):
+    got, ref = np.asarray(got, np.float32), np.asarray(ref, np.float32)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=tolerance, atol=tolerance * float(np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("shape,kernel,stride,padding", [
@@ -49,6 +55,64 @@ def test_matmul_convs_match_lax_with_their_gradients(shape, kernel, stride, padd
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,groups,features", [
+    ((2, 9, 9, 6), 3, 1, ((1, 1), (1, 1)), 6, 6),      # MobileNetV2's depthwise
+    ((2, 9, 8, 6), 3, 2, ((0, 1), (0, 1)), 6, 6),      # TF SAME / correct_pad for stride 2, a non-square map
+    ((2, 10, 10, 6), 5, 2, ((1, 2), (1, 2)), 6, 6),    # EfficientNet-Lite's 5x5 stride 2, SAME
+    ((2, 9, 9, 6), 5, 1, "SAME", 6, 6),
+    ((2, 8, 8, 4), 7, 1, ((3, 3), (3, 3)), 4, 4),      # ConvNeXt's 7x7
+    ((2, 3, 3, 4), 7, 1, ((3, 3), (3, 3)), 4, 4),      # ... on a map smaller than the kernel
+    ((2, 7, 7, 4), 3, 1, ((1, 1), (1, 1)), 4, 8),      # a channel multiplier of 2
+    ((2, 7, 7, 6), 3, 2, ((1, 1), (1, 1)), 2, 4),      # grouped, 3 channels in and 2 out per group
+    ((2, 7, 7, 8), 3, 1, ((1, 1), (1, 1)), 2, 8),      # grouped, 4 in, 4 out
+])
+def test_depthwise_and_grouped_convs_match_lax_with_their_gradients(shape, kernel, stride, padding, groups, features):
+    (ref, ref_grads), (got, grads), _ = both(shape, kernel, stride, padding, groups, features=features)
+    assert_close(got, ref)
+    for g, r in zip(grads, ref_grads):  # the input's and the weights' gradients
+        assert_close(g, r)
+
+
+@pytest.mark.parametrize("groups", [6, 3])
+def test_grouped_convs_take_bfloat16_with_float32_accumulation(groups):
+    """As the families call them under bf16 (`preferred_element_type=float32`): exact products, float32 sums."""
+    (ref, ref_grads), (got, grads), _ = both((2, 8, 8, 6), 3, 2, ((0, 1), (0, 1)), groups, dtype=jnp.bfloat16,
+                                             preferred_element_type=jnp.float32)
+    assert got.dtype == ref.dtype == jnp.float32
+    assert_close(got, ref)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == r.dtype == jnp.bfloat16
+        assert_close(g, r, 1e-2)  # the gradients are rounded to bfloat16
+
+
+def test_depthwise_convs_become_shifted_products_and_grouped_weight_gradients_matmuls(monkeypatch):
+    assert "convolution" not in lowered_ops((2, 6, 6, 6), 3, groups=6)
+    x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 2, 4))
+    conv = lambda x, w: lowering.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC),
+        feature_group_count=2)
+    assert "convolution" in jax.jit(conv).lower(x, w).as_text()  # grouped: XLA's forward
+    weight_grad = jax.jit(jax.grad(lambda w: jnp.sum(conv(x, w)))).lower(w).as_text()
+    assert "convolution" not in weight_grad and "dot_general" in weight_grad
+    monkeypatch.setattr(xla, "on_cpu", lambda: False)  # GPUs keep their measured convolutions
+    assert "convolution" in lowered_ops((2, 6, 6, 6), 3, groups=6)
+
+
+def test_a_mobile_model_matches_plain_lax_convs(monkeypatch):
+    """EfficientNet-Lite0 to stage3: 3x3 and 5x5 depthwise convs, stride 1 and 2 with SAME's asymmetric pads."""
+    from research.models import ARCHS
+
+    spec = ModelSpec("efficientnet_lite0", ARCHS["efficientnet_lite0"][1][0], num_classes=5)
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    variables = jax.jit(spec.build().init)(jax.random.key(0), images)
+    taps = ("stage3",)
+    ours = jax.jit(lambda v, x: spec.build().apply(v, x, taps=taps))(variables, images)  # traced on the call
+    monkeypatch.setattr(layers, "conv_general_dilated", lax.conv_general_dilated)
+    plain = jax.jit(lambda v, x: spec.build().apply(v, x, taps=taps))(variables, images)
+    for tap in taps:
+        assert_close(ours[tap], plain[tap])
 
 
 def lowered_ops(shape, kernel, groups=1, padding=((1, 1), (1, 1)), stride=1) -> str:

@@ -74,13 +74,17 @@ def _kind(mode: int) -> str:
     return next((text for test, text in kinds if test(mode)), "not a file")
 
 
-def open_image(path_or_bytes) -> Image.Image:
+def open_image(path_or_bytes, draft: tuple[int, int] | None = None) -> Image.Image:
     """A fully loaded PIL image, or BadImage. Files are read whole first (`read_file`: regular files under a
-    size cap), so no handle stays open (PIL keeps one for animated images); loading here exposes truncation."""
+    size cap), so no handle stays open (PIL keeps one for animated images); loading here exposes truncation.
+    `draft` (w, h): a JPEG is decoded at the smallest DCT scale (1/1..1/8) that keeps both sides at least that
+    large; other formats ignore it."""
     name = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
     try:
         data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else read_file(path_or_bytes)
         image = Image.open(io.BytesIO(data))
+        if draft:
+            image.draft(None, draft)
         image.load()
     except FileNotFoundError as e:
         raise BadImage(name, "no such file") from e
@@ -117,10 +121,11 @@ def scale_16_to_8(values: np.ndarray) -> np.ndarray:
     return ((wide * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def decode_image(path_or_bytes) -> Image.Image:
-    """As `decode`, but kept as a PIL image, which saves two copies when a resize follows."""
+def decode_image(path_or_bytes, draft: tuple[int, int] | None = None) -> Image.Image:
+    """As `decode`, but kept as a PIL image, which saves two copies when a resize follows; `draft` as in
+    `open_image`."""
     name = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
-    return to_rgb(open_image(path_or_bytes), name)
+    return to_rgb(open_image(path_or_bytes, draft), name)
 
 
 def decode(path_or_bytes) -> np.ndarray:

@@ -80,13 +80,14 @@ class Plan:
 def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = None, resize: str | None = None,
          batch_size: int = 64, buffer_size: int = 1000, split: str | None = None, dtype: str = "float32",
          overwrite: bool = False, workers: int | None = None, progress: bool | None = None,
-         shard: tuple[int, int] | None = None, interpolation: str = "bilinear") -> DumpResult:
+         shard: tuple[int, int] | None = None, interpolation: str = "bilinear", decode: str = "default") -> DumpResult:
     """Features of `data` (a `research.data.open` spec) at `taps` of `weights` (anything `research.load` takes,
     or a Bundle) into the HDF5 file `out`; see the module docstring. `progress` None: a bar on a terminal.
 
     `shard=(i, n)` (one process of n) dumps only the i-th contiguous block of the records; `hdf5.stitch` joins
     the n shard files into one whose `features` is a virtual dataset over them. `interpolation` is the resize
-    filter for image files (Keras' `load_img` and `flow_from_directory` use nearest; torchvision bilinear).
+    filter for image files (Keras' `load_img` and `flow_from_directory` use nearest; torchvision bilinear);
+    `decode="fast"` decodes JPEGs at a reduced DCT scale (research.data.resize).
 
     The output's lock (`OUT.lock`) is held from before the partial is opened to after the rename, so a second
     run on the same `out` is refused at once and changes nothing."""
@@ -94,11 +95,11 @@ def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = N
     _check_numbers(pool, dtype, batch_size, buffer_size)
     with io.lock(out):
         return _dump(weights, data, taps, _check_out(out, overwrite), pool, image_size, resize, batch_size,
-                     buffer_size, split, dtype, overwrite, workers, progress, shard, interpolation)
+                     buffer_size, split, dtype, overwrite, workers, progress, shard, interpolation, decode)
 
 
 def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer_size, split, dtype, overwrite,
-          workers, progress, shard, interpolation) -> DumpResult:
+          workers, progress, shard, interpolation, decode) -> DumpResult:
     """`dump` once it holds the output's lock."""
     import research
     from research import data as datasets
@@ -106,7 +107,7 @@ def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer
     bundle = weights if isinstance(weights, research.Bundle) else research.load(weights)
     taps = bundle.spec.check_taps([taps] if isinstance(taps, str) else taps)
     source = datasets.open(data)
-    plan = _shard(_plan(bundle, source, image_size, resize, split, interpolation), shard)
+    plan = _shard(_plan(bundle, source, image_size, resize, split, interpolation, decode), shard)
     bundle.check_images(np.zeros((1, plan.image_size, plan.image_size, 3), np.uint8))
     devices = Devices()
     run = Runner(bundle, taps, pool, dtype, devices)
@@ -146,14 +147,14 @@ def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int) -> 
                         f"rows are flushed a whole batch at a time")
 
 
-def _plan(bundle, source, image_size, resize, split, interpolation: str = "bilinear") -> Plan:
+def _plan(bundle, source, image_size, resize, split, interpolation: str = "bilinear", decode: str = "default") -> Plan:
     """The records and pixels: a pack keeps its stored size and policy; folders default by preprocessing."""
     order, split_name, record = _select(source, split)
     if source.kind == "pack":
-        stored = make_policy(source.attrs["resize"], source.attrs["interpolation"])
+        stored = make_policy(source.attrs["resize"], source.attrs["interpolation"], source.attrs.get("decode", "default"))
         return Plan(order, int(image_size or source.attrs["image_size"]), stored, resize, split_name, record)
     size = check_size(DEFAULT_IMAGE_SIZE if image_size is None else int(image_size))
-    chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation)
+    chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation, decode)
     return Plan(order, size, chosen, chosen, split_name, record)
 
 

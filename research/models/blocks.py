@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from research.models import layers
+from research.models import layers, lowering
 
 
 def depthwise(conv, x, kernel: int, stride: int, padding, name: str):
@@ -87,5 +87,5 @@ def mobile_partials(dtype: Any, train: bool, bn, frozen_bn: frozenset):
     conv = layers.conv_partial(dtype, use_bias=False)
     if dtype != jnp.float32:
         conv = functools.partial(conv, conv_general_dilated=functools.partial(
-            lax.conv_general_dilated, preferred_element_type=jnp.float32))
+            lowering.conv_general_dilated, preferred_element_type=jnp.float32))
     return conv, layers.norm_partial(jnp.float32, train, **bn, frozen=frozen_bn)

@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
 from research.models import layers, lowering
 

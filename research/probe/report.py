@@ -107,3 +107,18 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{r['tap']:<24} {r['dim']:>6} {r['accuracy']:>9.4f} {r['macro_f1']:>9.4f} "
                      f"{r['best_C']:>10.3g} {r['fit_time_s']:>7.2f}")
     return "\n".join(lines)
+
+
+def timing(row: dict, method: str, tap: str | None = None) -> str:
+    """One line: how long the fit took and which speed-ups ran (`paths` in the JSON)."""
+    p = row["paths"]
+    ways = [f"row space {p['dim']} -> {max(p['rank'])} dims" if p["row_space"] else f"all {p['dim']} dims"]
+    if p.get("warm_start"):
+        ways.append("warm starts")
+    if p.get("processes", 1) > 1:
+        ways.append(f"{p['processes']} processes")
+    if p.get("lambda_batch"):
+        ways.append(f"{p['lambda_batch']} strengths per vmapped call on {p['backend']}")
+    return (f"{tap + ': ' if tap else ''}{method}: {row['fits']} fits in "
+            f"{row['fit_time_s']:.1f} s (search {row['cv_time_s']:.1f} s, refit {row['refit_time_s']:.1f} s); "
+            + ", ".join(ways))

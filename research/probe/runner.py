@@ -7,6 +7,7 @@ Everything that chooses a hyperparameter sees the training part only.
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from pathlib import Path
 
@@ -14,16 +15,18 @@ import numpy as np
 
 from research.data import splits
 from research.errors import UserError
-from research.probe import lbfgs, logreg, reader, report
+from research.probe import lbfgs, logreg, progress, reader, report
 
 METHODS = ("logreg", "lbfgs")
 
 
 def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = "logreg",
-        standardize: bool = False, out=None, overwrite: bool = False, echo=None) -> dict:
+        standardize: bool = False, out=None, overwrite: bool = False, echo=None,
+        show_progress: bool = True) -> dict:
     """Fit the probe on every tap of `feats`, score it on the test part, write the outputs; the result dict.
 
-    `echo`, if given (the CLI passes `print`), receives the classification report or the layer-wise table.
+    `echo`, if given (the CLI passes `print`), receives the classification report or the layer-wise table, and
+    the time and paths of each fit. `show_progress`: a bar on stderr for every long step.
     """
     _check_args(method, test, test_size, seed)
     data = reader.read(feats)
@@ -33,17 +36,24 @@ def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = 
         raise UserError(f"the training part of {data.path} holds a single class; a probe needs two or more")
     rows, models, preds = [], {}, {}
     for tap in data.taps:
+        bar = functools.partial(_bar, prefix=f"{tap} " if data.multi_tap else "", enabled=show_progress)
         row, models[tap], preds[tap] = _probe_tap(tap, train_x[tap], train_y, test_x[tap], test_y,
-                                                  data.label_names, method, standardize, seed, train_ids)
+                                                  data.label_names, method, standardize, seed, train_ids, bar)
         rows.append(row)
     best = max(rows, key=lambda r: r["accuracy"])  # first of equals: the shallowest
     result = _result(data, rows, best, method, standardize, seed, source, outputs)
     _write(outputs, result, models, preds, best, test_y, data)
     if echo:
         echo(report.table(rows) if data.multi_tap else best["report_text"])
+        for row in rows:
+            echo(report.timing(row, method, row["tap"] if data.multi_tap else None))
         echo(f"{method}: test accuracy {best['accuracy']:.4f}" + (f" (best tap {best['tap']})" if data.multi_tap
                                                                   else "") + f" -> {outputs['json']}")
     return result
+
+
+def _bar(total, desc, unit="fit", prefix="", enabled=True):
+    return progress.bar(total, prefix + desc, unit, enabled)
 
 
 def _check_args(method, test, test_size, seed) -> None:
@@ -104,18 +114,18 @@ def _check_match(train: reader.FeatureSet, test: reader.FeatureSet) -> None:
                             f"{test.features[tap].shape[1]} in {test.path}")
 
 
-def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed, ids):
+def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed, ids, bar):
     """Fit one tap and score it on the test part: (row for the JSON, model, test predictions)."""
     start = time.perf_counter()
     if method == "logreg":
-        model, record = logreg.fit(x, y, standardize=standardize, seed=seed)
+        model, record = logreg.fit(x, y, standardize=standardize, seed=seed, progress=bar)
         n_train = len(y)
     else:
         part = splits.stratified(y, ids, label_names, validation=lbfgs.VALIDATION, seed=seed)
         if len(part.validation) == 0:
             raise UserError("too few training samples to carve a validation split for --method lbfgs")
         t, v = part.train, part.validation
-        model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize)
+        model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize, progress=bar)
         n_train = len(t) + len(v)  # the refit pools train and validation
     fit_time = time.perf_counter() - start
     pred = model.predict(test_x)

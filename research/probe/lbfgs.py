@@ -178,8 +178,8 @@ def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID,
     batch = (BATCH if jax.default_backend() != "cpu" else 0) if batch is None else int(batch)
     start = time.perf_counter()
     with (progress or progress_.quiet)(len(lams) + 1, "lbfgs: strengths", "fit") as bar:
-        basis = rowspace.basis(x_train) if reduce else None
-        z, zv = (rowspace.project(a, basis) for a in (x_train, x_val)) if reduce else (x_train, x_val)
+        space = rowspace.fit(rowspace.gram(x_train)) if reduce else None
+        z, zv = (space.z, space.project(rowspace.gram(x_val, x_train))) if reduce else (x_train, x_val)
         width = padded_width(z.shape[1])
         acc, ce, iters = _sweep(_pad(z, width), yt, _pad(zv, width), yv, lams, len(classes), batch, max_iter,
                                 tol, bar)
@@ -187,13 +187,13 @@ def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID,
         best = int(choose(acc, ce))
         lam = float(lams[best])
         x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([yt, yv])
-        basis_all = rowspace.basis(x_all) if reduce else None
-        z_all = rowspace.project(x_all, basis_all) if reduce else x_all
+        space_all = rowspace.fit(rowspace.gram(x_all)) if reduce else None
+        z_all = space_all.z if reduce else x_all
         params, refit_iters = _refit(_pad(z_all, padded_width(z_all.shape[1])), y_all, jnp.float32(lam),
                                      classes=len(classes), max_iter=max_iter, tol=tol)
         w = np.asarray(params["W"])[:z_all.shape[1]]
+        coef = space_all.lift(x_all, w).astype(np.float32) if reduce else w  # W = V W_z
         bar.update()
-    coef = basis_all @ w if reduce else w  # W = V W_z
     model = LinearSoftmax(coef, np.asarray(params["b"]), classes, mean, scale)
     n_fit = len(y_train) + len(y_val)
     record = {"best_l2": lam, "best_C": l2_to_C(lam, n_fit), "n_validation": int(len(y_val)),
@@ -203,7 +203,7 @@ def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID,
               "refit_iterations": int(refit_iters), "fits": len(lams) + 1, "cv_time_s": sweep_time,
               "refit_time_s": time.perf_counter() - start - sweep_time,
               "paths": {"row_space": reduce, "dim": int(d),
-                        "rank": [int(basis.shape[1]), int(basis_all.shape[1])] if reduce else None,
+                        "rank": [space.rank, space_all.rank] if reduce else None,
                         "warm_start": not batch, "lambda_batch": batch, "backend": jax.default_backend(),
                         "iterations": int(np.sum(iters) + refit_iters)}}
     return model, record

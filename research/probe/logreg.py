@@ -6,7 +6,8 @@ C * sum CE + 1/2 * ||W||^2, the intercept unpenalised; see `research.probe.lbfgs
 
 The choice is GridSearchCV's (the mean fold accuracy, ties to the smaller C; the same folds), computed faster
 without changing it: each fold fits in the row space of its training rows when the features are wide
-(`research.probe.rowspace`), walks the C grid upwards warm-started from the previous C's weights, and the folds
+(`research.probe.rowspace`, float64 coordinates), walks the C grid upwards warm-started from the previous C's
+weights (to a tighter tolerance, WARM_TOL, as a warm start may begin inside the default one), and the folds
 run in parallel processes when there are cores to spare. The refit on all the training part maps its weights
 back to the D features, so the saved model is an ordinary scikit-learn Pipeline.
 """
@@ -25,6 +26,8 @@ from research.probe import rowspace
 C_GRID = np.logspace(-4, 4, 17)  # half a decade apart
 FOLDS = 5
 MAX_ITER = 5000
+TOL = 1e-4        # scikit-learn's default gradient tolerance, for fits started from zero
+WARM_TOL = 1e-6   # a warm start begins near the next optimum, where 1e-4 can stop it short of a cold fit's end
 SMALL = 4_000_000  # below this many feature values, BLAS threads (and worker processes) cost more than they save
 
 
@@ -41,10 +44,15 @@ def fit(x, y, standardize: bool = False, seed: int = 0, grid=C_GRID, folds: int 
     parts = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
     if reduce is None:
         reduce = rowspace.wide(x.shape[1], min(len(t) for t, _ in parts))
+    # Warm starts only in the row space, whose coordinates are float64: on float32 features, scikit-learn's
+    # relative-decrease test can stop a warm-started fit short of where a cold one ends, changing scores.
+    warm_start = bool(warm_start and reduce)
     jobs = _jobs(x, folds) if jobs is None else max(1, min(int(jobs), folds))
     start = time.perf_counter()
     with (progress or progress_.quiet)(folds * len(grid) + 1, "logreg: C x fold", "fit") as bar:
-        args = (x, y, grid, standardize, reduce, warm_start)
+        # one Gram of the training part serves every fold unless each fold scales its features its own way
+        kernel = rowspace.gram(x) if reduce and not standardize else None
+        args = (x, y, grid, standardize, reduce, warm_start, kernel)
         if jobs > 1:
             from joblib import Parallel, delayed
             tick = bar.remote()
@@ -54,7 +62,7 @@ def fit(x, y, standardize: bool = False, seed: int = 0, grid=C_GRID, folds: int 
         cv_time = time.perf_counter() - start
         accuracy = np.mean([p["accuracy"] for p in paths], axis=0)
         best = int(np.flatnonzero(accuracy == accuracy.max())[0])
-        model, refit = _refit(x, y, grid[best], standardize, reduce)
+        model, refit = _refit(x, y, grid[best], standardize, reduce, kernel)
         bar.update()
     record = {"best_C": float(grid[best]), "C_grid": [float(c) for c in grid], "folds": folds,
               "cv_accuracy": [float(a) for a in accuracy],
@@ -63,7 +71,8 @@ def fit(x, y, standardize: bool = False, seed: int = 0, grid=C_GRID, folds: int 
               "fits": folds * len(grid) + 1, "cv_time_s": cv_time, "refit_time_s": refit["seconds"],
               "paths": {"row_space": bool(reduce), "dim": int(x.shape[1]),
                         "rank": [p["rank"] for p in paths] + [refit["rank"]] if reduce else None,
-                        "warm_start": bool(warm_start), "processes": jobs,
+                        "warm_start": bool(warm_start), "tol": WARM_TOL if warm_start else TOL,
+                        "processes": jobs,
                         "iterations": int(sum(p["iterations"] for p in paths) + refit["iterations"])}}
     return model, record
 
@@ -74,33 +83,39 @@ def _jobs(x, folds: int) -> int:
     return min(folds, cores) if x.size >= SMALL else 1
 
 
-def _classifier(**kw):
+def _classifier(warm_start: bool = False, **kw):
     from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, **kw)
+    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, tol=WARM_TOL if warm_start else TOL,
+                              warm_start=warm_start, **kw)
 
 
-def _transform(x_fit, standardize: bool, reduce: bool):
-    """(scaler or None, basis or None) fitted on x_fit, and the function applying both."""
-    scaler = basis = None
+def _coordinates(x, rows, others, standardize: bool, reduce: bool, kernel=None):
+    """What a fit on x[rows] sees, everything fitted on those rows only: (scaler or None, RowSpace or None,
+    the rows' features as fitted, or None where not needed; coordinates of `rows`; of `others`, if given)."""
+    scaler = None
     if standardize:
         from sklearn.preprocessing import StandardScaler
-        scaler = StandardScaler().fit(x_fit)
-    if reduce:
-        basis = rowspace.basis(scaler.transform(x_fit) if scaler else x_fit)
+        scaler = StandardScaler().fit(x[rows])
+    scaled = (lambda i: scaler.transform(x[i])) if scaler else (lambda i: x[i])
+    if not reduce:
+        fitted = scaled(rows)
+        return scaler, None, fitted, fitted, None if others is None else scaled(others)
+    if kernel is not None:
+        fitted, k_rows = None, kernel[np.ix_(rows, rows)]
+        k_others = None if others is None else kernel[np.ix_(others, rows)]
+    else:
+        fitted = scaled(rows)
+        k_rows, k_others = rowspace.gram(fitted), None if others is None else rowspace.gram(scaled(others), fitted)
+    space = rowspace.fit(k_rows)
+    return scaler, space, fitted, space.z, None if others is None else space.project(k_others)
 
-    def apply(a):
-        a = scaler.transform(a) if scaler else a
-        return rowspace.project(a, basis) if reduce else a
-    return scaler, basis, apply
 
-
-def _path(x, y, grid, standardize, reduce, warm_start, train, val, tick) -> dict:
+def _path(x, y, grid, standardize, reduce, warm_start, kernel, train, val, tick) -> dict:
     """One fold: fit every C in order on the training rows, score each on the held-out rows."""
     from threadpoolctl import threadpool_limits
 
-    _, basis, apply = _transform(x[train], standardize, reduce)
-    z, zv = apply(x[train]), apply(x[val])
-    clf = _classifier(warm_start=warm_start)
+    _, space, _, z, zv = _coordinates(x, train, val, standardize, reduce, kernel)
+    clf = _classifier(warm_start=warm_start)  # imports scikit-learn (and scipy's BLAS) before the limit below
     accuracy, iterations = [], 0
     with _warnings() as caught, threadpool_limits(1 if z.size < SMALL else None):
         for c in grid:
@@ -109,26 +124,26 @@ def _path(x, y, grid, standardize, reduce, warm_start, train, val, tick) -> dict
             iterations += int(np.max(clf.n_iter_))
             tick(1)
     return {"accuracy": accuracy, "iterations": iterations, "warnings": _count(caught),
-            "rank": int(basis.shape[1]) if reduce else None}
+            "rank": space.rank if reduce else None}
 
 
-def _refit(x, y, c: float, standardize: bool, reduce: bool):
+def _refit(x, y, c: float, standardize: bool, reduce: bool, kernel=None):
     """The final model on all of (x, y): a Pipeline over the original D features (weights mapped back)."""
     from sklearn.pipeline import Pipeline
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
-    scaler, basis, apply = _transform(x, standardize, reduce)
-    z = apply(x)
+    scaler, space, fitted, z, _ = _coordinates(x, np.arange(len(y)), None, standardize, reduce, kernel)
     clf = _classifier(C=float(c))
     with _warnings() as caught, threadpool_limits(1 if z.size < SMALL else None):
         clf.fit(z, y)
-    if reduce:  # W = V W_z: predictions on any row equal those of the fit in the row space
-        clf.coef_ = (clf.coef_ @ basis.T.astype(np.float64)).astype(clf.coef_.dtype)
+    if reduce:  # W = X^T U S^-1 W_z: predictions on any row equal those of the fit in the row space
+        w = space.lift(x if fitted is None else fitted, clf.coef_.T)
+        clf.coef_ = np.ascontiguousarray(w.T).astype(clf.coef_.dtype)
         clf.n_features_in_ = x.shape[1]
     model = Pipeline(([("scaler", scaler)] if scaler else []) + [("clf", clf)])
     return model, {"seconds": time.perf_counter() - start, "iterations": int(np.max(clf.n_iter_)),
-                   "warnings": _count(caught), "rank": int(basis.shape[1]) if reduce else None}
+                   "warnings": _count(caught), "rank": space.rank if reduce else None}
 
 
 class _warnings(warnings.catch_warnings):

@@ -14,6 +14,7 @@ before the row-space fits: ~21 minutes at this size on 2 cores) and JAX L-BFGS o
 
     python benchmarks/probe_speed.py --seed002 [--feats FEATURES.h5] [--old]   # synthetic unless --feats
     python benchmarks/probe_speed.py --seed002 --n 680 --d 8192 --old          # old against new, smaller
+    python benchmarks/probe_speed.py --seed002 --feats F.h5 --columns 2048 --old   # the same, real rows
 
 Writes benchmarks/results/probe_speed_seed002.json (or --out), with the load average beside the times.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from research.data import splits
-from research.probe import lbfgs, logreg
+from research.probe import lbfgs, logreg, progress
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probe_speed.json"
 SEED002 = RESULTS.with_name("probe_speed_seed002.json")
@@ -68,6 +69,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed002", action="store_true", help="the seed-002 case: 1360 x 25088, 17 classes")
     parser.add_argument("--feats", type=Path, help="--seed002 on this feature file instead of synthetic data")
     parser.add_argument("--old", action="store_true", help="--seed002: time the old paths too")
+    parser.add_argument("--columns", type=int, default=None, help="--feats: keep only the first N columns")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--d", type=int, default=None)
     parser.add_argument("--classes", type=int, default=None)
@@ -137,9 +139,10 @@ def seed002_data(args):
     if args.feats:
         from research.probe import reader
         data = reader.read(args.feats)
-        x = next(iter(data.features.values()))
+        x = next(iter(data.features.values()))[:, :args.columns]
         ids = data.paths or [f"#{i:09d}" for i in range(len(data))]
-        return x, data.labels, data.label_names, ids, {"feats": str(args.feats), "provenance": data.attrs}
+        return x, data.labels, data.label_names, ids, {"feats": str(args.feats), "columns": args.columns,
+                                                      "provenance": data.attrs}
     n, d, k = (args.n or SEED002_SHAPE[0], args.d or SEED002_SHAPE[1], args.classes or SEED002_SHAPE[2])
     x, y = problem(n, d, k, args.seed)
     return x, y, [f"c{i}" for i in range(k)], [f"#{i:09d}" for i in range(n)], {"synthetic": "problem()"}
@@ -166,9 +169,9 @@ def seed002(args) -> dict:
         return record
 
     runs = {}
-    new = run("logreg", lambda: logreg.fit(x_train, y_train, seed=args.seed))
+    new = run("logreg", lambda: logreg.fit(x_train, y_train, seed=args.seed, progress=progress.bar))
     runs["logreg"]["cv_accuracy"] = new["cv_accuracy"]
-    run("lbfgs", lambda: lbfgs.fit(x_train[t], y_train[t], x_train[v], y_train[v]))
+    run("lbfgs", lambda: lbfgs.fit(x_train[t], y_train[t], x_train[v], y_train[v], progress=progress.bar))
     if args.old:
         old = run("logreg_old", lambda: old_logreg(x_train, y_train, args.seed))
         runs["logreg_old"]["cv_accuracy"] = old["cv_accuracy"]

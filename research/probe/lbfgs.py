@@ -178,16 +178,17 @@ def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID,
     batch = (BATCH if jax.default_backend() != "cpu" else 0) if batch is None else int(batch)
     start = time.perf_counter()
     with (progress or progress_.quiet)(len(lams) + 1, "lbfgs: strengths", "fit") as bar:
-        space = rowspace.fit(rowspace.gram(x_train)) if reduce else None
-        z, zv = (space.z, space.project(rowspace.gram(x_val, x_train))) if reduce else (x_train, x_val)
+        x_all, y_all, n = np.concatenate([x_train, x_val]), np.concatenate([yt, yv]), len(x_train)
+        kernel = rowspace.gram(x_all) if reduce else None  # its blocks serve the sweep and the refit
+        space = rowspace.fit(kernel[:n, :n]) if reduce else None
+        z, zv = (space.z, space.project(kernel[n:, :n])) if reduce else (x_train, x_val)
         width = padded_width(z.shape[1])
         acc, ce, iters = _sweep(_pad(z, width), yt, _pad(zv, width), yv, lams, len(classes), batch, max_iter,
                                 tol, bar)
         sweep_time = time.perf_counter() - start
         best = int(choose(acc, ce))
         lam = float(lams[best])
-        x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([yt, yv])
-        space_all = rowspace.fit(rowspace.gram(x_all)) if reduce else None
+        space_all = rowspace.fit(kernel) if reduce else None
         z_all = space_all.z if reduce else x_all
         params, refit_iters = _refit(_pad(z_all, padded_width(z_all.shape[1])), y_all, jnp.float32(lam),
                                      classes=len(classes), max_iter=max_iter, tol=tol)

@@ -7,7 +7,7 @@ C * sum CE + 1/2 * ||W||^2, the intercept unpenalised; see `research.probe.lbfgs
 The choice is GridSearchCV's (the mean fold accuracy, ties to the smaller C; the same folds), computed faster
 without changing it: each fold fits in the row space of its training rows when the features are wide
 (`research.probe.rowspace`, float64 coordinates), walks the C grid upwards warm-started from the previous C's
-weights (to a tighter tolerance, WARM_TOL, as a warm start may begin inside the default one), and the folds
+weights, and the folds
 run in parallel processes when there are cores to spare. The refit on all the training part maps its weights
 back to the D features, so the saved model is an ordinary scikit-learn Pipeline.
 """
@@ -26,8 +26,7 @@ from research.probe import rowspace
 C_GRID = np.logspace(-4, 4, 17)  # half a decade apart
 FOLDS = 5
 MAX_ITER = 5000
-TOL = 1e-4        # scikit-learn's default gradient tolerance, for fits started from zero
-WARM_TOL = 1e-6   # a warm start begins near the next optimum, where 1e-4 can stop it short of a cold fit's end
+TOL = 1e-4  # scikit-learn's default gradient tolerance, warm or cold
 SMALL = 4_000_000  # below this many feature values, BLAS threads (and worker processes) cost more than they save
 
 
@@ -71,7 +70,7 @@ def fit(x, y, standardize: bool = False, seed: int = 0, grid=C_GRID, folds: int 
               "fits": folds * len(grid) + 1, "cv_time_s": cv_time, "refit_time_s": refit["seconds"],
               "paths": {"row_space": bool(reduce), "dim": int(x.shape[1]),
                         "rank": [p["rank"] for p in paths] + [refit["rank"]] if reduce else None,
-                        "warm_start": bool(warm_start), "tol": WARM_TOL if warm_start else TOL,
+                        "warm_start": bool(warm_start), "tol": TOL,
                         "processes": jobs,
                         "iterations": int(sum(p["iterations"] for p in paths) + refit["iterations"])}}
     return model, record
@@ -85,8 +84,7 @@ def _jobs(x, folds: int) -> int:
 
 def _classifier(warm_start: bool = False, **kw):
     from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, tol=WARM_TOL if warm_start else TOL,
-                              warm_start=warm_start, **kw)
+    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, tol=TOL, warm_start=warm_start, **kw)
 
 
 def _coordinates(x, rows, others, standardize: bool, reduce: bool, kernel=None):

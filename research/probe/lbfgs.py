@@ -10,23 +10,30 @@ lam = 1 / (C * N), so C = 1 / (lam * N), N being the number of samples the model
 
 The strength is chosen as in the paper: 45 values log-spaced over [1e-6, 1e5], each fitted on a stratified,
 seeded validation split carved from the training part, the best validation accuracy wins (ties: the lower
-validation cross-entropy), then the model is refitted on train + validation at that strength. The sweep runs
-from strong to weak regularisation inside one `lax.scan`, each solve warm-started from the previous one.
+validation cross-entropy), then the model is refitted on train + validation at that strength. On a CPU the
+sweep runs from strong to weak regularisation, each solve warm-started from the previous one; on an
+accelerator, strengths are solved BATCH at a time under `vmap`. Wide features are fitted in the span of the
+training rows (`research.probe.rowspace`), exactly, and the weights mapped back to the D features.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research.probe import progress as progress_
+from research.probe import rowspace
+
 L2_GRID = np.logspace(-6, 5, 45)
 VALIDATION = 0.2  # fraction of each class carved from train to choose the strength
 MAX_ITER = 1000   # L-BFGS iterations per strength
 TOL = 1e-5        # stop when max |gradient| falls below this
+BATCH = 15        # strengths per vmapped call on an accelerator: three calls, three progress steps
 
 
 def l2_to_C(lam: float, n: int) -> float:
@@ -88,24 +95,54 @@ def _max_abs(tree):
     return jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(tree)]))
 
 
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _fit_one(params, x, y, xv, yv, lam, max_iter: int, tol: float):
+    """Fit one strength from `params` (the previous strength's solution); score it on the validation part."""
+    params, iters = _solve(params, x, y, lam, max_iter, tol)
+    acc, ce = _score(params, xv, yv)
+    return params, acc, ce, iters
+
+
 @functools.partial(jax.jit, static_argnames=("classes", "max_iter"))
-def _sweep_and_refit(x, y, xv, yv, lams, classes: int, max_iter: int, tol: float):
-    """Fit every strength in `lams` (in order, warm-started), choose one on the validation part, refit on both.
+def _fit_batch(x, y, xv, yv, lams, classes: int, max_iter: int, tol: float):
+    """Fit every strength in `lams` at once from zero (vmap): one wide program for an accelerator."""
+    def one(lam):
+        params, iters = _solve(_zeros(x.shape[1], classes), x, y, lam, max_iter, tol)
+        return (*_score(params, xv, yv), iters)
+    return jax.vmap(one)(lams)
 
-    One compiled program per problem shape: the sweep is a `lax.scan`, the choice and the refit follow it."""
 
-    def body(params, lam):
-        params, iters = _solve(params, x, y, lam, max_iter, tol)
-        logits = xv @ params["W"] + params["b"]
-        acc = jnp.mean(jnp.argmax(logits, 1) == yv)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yv).mean()
-        return params, (acc, ce, iters)
+@functools.partial(jax.jit, static_argnames=("classes", "max_iter"))
+def _refit(x, y, lam, classes: int, max_iter: int, tol: float):
+    return _solve(_zeros(x.shape[1], classes), x, y, lam, max_iter, tol)
 
-    _, (acc, ce, iters) = jax.lax.scan(body, _zeros(x.shape[1], classes), lams)
-    best = choose(acc, ce)
-    params, refit_iters = _solve(_zeros(x.shape[1], classes), jnp.concatenate([x, xv]),
-                                 jnp.concatenate([y, yv]), lams[best], max_iter, tol)
-    return params, best, acc, ce, iters, refit_iters
+
+def _score(params, xv, yv):
+    logits = xv @ params["W"] + params["b"]
+    return (jnp.mean(jnp.argmax(logits, 1) == yv),
+            optax.softmax_cross_entropy_with_integer_labels(logits, yv).mean())
+
+
+def _sweep(x, y, xv, yv, lams, classes: int, batch: int, max_iter: int, tol: float, bar):
+    """(validation accuracy, cross-entropy, iterations) per strength. batch 0: one strength at a time, strong
+    to weak, each warm-started from the last (fewest iterations on a CPU); else `batch` strengths per vmapped
+    call, from zero (the last call padded by repeating its last strength)."""
+    x, y, xv, yv = (jnp.asarray(a) for a in (x, y, xv, yv))
+    out = []
+    if not batch:
+        params = _zeros(x.shape[1], classes)
+        for lam in lams:
+            params, *scores = _fit_one(params, x, y, xv, yv, jnp.float32(lam), max_iter=max_iter, tol=tol)
+            out.append(jax.device_get(scores))
+            bar.update()
+        return (np.array(a) for a in zip(*out))
+    for i in range(0, len(lams), batch):
+        chunk = np.asarray(lams[i:i + batch], np.float32)
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk))])
+        scores = jax.device_get(_fit_batch(x, y, xv, yv, padded, classes=classes, max_iter=max_iter, tol=tol))
+        out.append([a[:len(chunk)] for a in scores])
+        bar.update(len(chunk))
+    return (np.concatenate(a) for a in zip(*out))
 
 
 def _zeros(d: int, k: int) -> dict:
@@ -118,9 +155,13 @@ def choose(accuracy, ce):
     return jnp.argmin(jnp.where(accuracy == accuracy.max(), ce, jnp.inf))
 
 
-def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID,
-        max_iter: int = MAX_ITER, tol: float = TOL) -> tuple[LinearSoftmax, dict]:
-    """Choose the strength on (x_val, y_val), refit on train + validation; (model, record for the JSON)."""
+def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID, max_iter: int = MAX_ITER,
+        tol: float = TOL, reduce=None, batch=None, progress=None) -> tuple[LinearSoftmax, dict]:
+    """Choose the strength on (x_val, y_val), refit on train + validation; (model, record for the JSON).
+
+    reduce: fit in the span of the training rows (`research.probe.rowspace`; None: when the features are wide);
+    batch: strengths per vmapped call (None: BATCH on an accelerator, 0 = warm-started one by one on a CPU);
+    progress: a `progress.bar`-like factory (None: silent)."""
     classes = np.unique(np.concatenate([y_train, y_val]))
     index = {c: i for i, c in enumerate(classes)}
     yt = np.array([index[c] for c in y_train], np.int32)
@@ -128,22 +169,44 @@ def fit(x_train, y_train, x_val, y_val, standardize: bool = False, grid=L2_GRID,
     mean = scale = None
     if standardize:  # statistics of the training part only; the refit pools train + validation
         mean, scale = x_train.mean(0).astype(np.float32), _safe_std(x_train).astype(np.float32)
-    prep = (lambda a: (a - mean) / scale) if standardize else (lambda a: a)
+    prep = (lambda a: (a - mean) / scale) if standardize else (lambda a: np.asarray(a, np.float32))
+    x_train, x_val = prep(x_train), prep(x_val)
     order = np.argsort(grid)[::-1]  # strong to weak: each solve starts near the previous solution
     lams = np.asarray(grid, np.float32)[order]
-    d, width = x_train.shape[1], padded_width(x_train.shape[1])
-    params, best, acc, ce, iters, refit_iters = _sweep_and_refit(
-        _pad(prep(x_train), width), yt, _pad(prep(x_val), width), yv, lams,
-        classes=len(classes), max_iter=max_iter, tol=tol)
-    acc, ce, iters = (np.asarray(a) for a in (acc, ce, iters))
-    lam = float(lams[int(best)])
-    model = LinearSoftmax(np.asarray(params["W"])[:d], np.asarray(params["b"]), classes, mean, scale)
+    d = x_train.shape[1]
+    reduce = rowspace.wide(d, len(x_train)) if reduce is None else bool(reduce)
+    batch = (BATCH if jax.default_backend() != "cpu" else 0) if batch is None else int(batch)
+    start = time.perf_counter()
+    with (progress or progress_.quiet)(len(lams) + 1, "lbfgs: strengths", "fit") as bar:
+        x_all, y_all, n = np.concatenate([x_train, x_val]), np.concatenate([yt, yv]), len(x_train)
+        kernel = rowspace.gram(x_all) if reduce else None  # its blocks serve the sweep and the refit
+        space = rowspace.fit(kernel[:n, :n]) if reduce else None
+        z, zv = (space.z, space.project(kernel[n:, :n])) if reduce else (x_train, x_val)
+        width = padded_width(z.shape[1])
+        acc, ce, iters = _sweep(_pad(z, width), yt, _pad(zv, width), yv, lams, len(classes), batch, max_iter,
+                                tol, bar)
+        sweep_time = time.perf_counter() - start
+        best = int(choose(acc, ce))
+        lam = float(lams[best])
+        space_all = rowspace.fit(kernel) if reduce else None
+        z_all = space_all.z if reduce else x_all
+        params, refit_iters = _refit(_pad(z_all, padded_width(z_all.shape[1])), y_all, jnp.float32(lam),
+                                     classes=len(classes), max_iter=max_iter, tol=tol)
+        w = np.asarray(params["W"])[:z_all.shape[1]]
+        coef = space_all.lift(x_all, w).astype(np.float32) if reduce else w  # W = V W_z
+        bar.update()
+    model = LinearSoftmax(coef, np.asarray(params["b"]), classes, mean, scale)
     n_fit = len(y_train) + len(y_val)
     record = {"best_l2": lam, "best_C": l2_to_C(lam, n_fit), "n_validation": int(len(y_val)),
               "objective": "mean cross-entropy + l2/2 * ||W||^2 (bias unpenalised); C = 1 / (l2 * n_train)",
               "sweep": [{"l2": float(l), "val_accuracy": float(a), "val_ce": float(c), "iterations": int(i)}
                         for l, a, c, i in zip(lams, acc, ce, iters)],
-              "refit_iterations": int(refit_iters)}
+              "refit_iterations": int(refit_iters), "fits": len(lams) + 1, "cv_time_s": sweep_time,
+              "refit_time_s": time.perf_counter() - start - sweep_time,
+              "paths": {"row_space": reduce, "dim": int(d),
+                        "rank": [space.rank, space_all.rank] if reduce else None,
+                        "warm_start": not batch, "lambda_batch": batch, "backend": jax.default_backend(),
+                        "iterations": int(np.sum(iters) + refit_iters)}}
     return model, record
 
 

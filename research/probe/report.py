@@ -100,3 +100,18 @@ def _setting(row: dict) -> str:
     if "best_C" in row:
         return f"C={row['best_C']:.3g}"
     return f"k={row['k']}" if "k" in row else f"{row['primary_shots']}-shot"
+
+
+def timing(row: dict, method: str, tap: str | None = None) -> str:
+    """One line: how long the fit took and which speed-ups ran (`paths` in the JSON)."""
+    p = row["paths"]
+    ways = [f"row space {p['dim']} -> {max(p['rank'])} dims" if p["row_space"] else f"all {p['dim']} dims"]
+    if p.get("warm_start"):
+        ways.append("warm starts")
+    if p.get("processes", 1) > 1:
+        ways.append(f"{p['processes']} processes")
+    if p.get("lambda_batch"):
+        ways.append(f"{p['lambda_batch']} strengths per vmapped call on {p['backend']}")
+    return (f"{tap + ': ' if tap else ''}{method}: {row['fits']} fits in "
+            f"{row['fit_time_s']:.1f} s (search {row['cv_time_s']:.1f} s, refit {row['refit_time_s']:.1f} s); "
+            + ", ".join(ways))

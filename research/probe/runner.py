@@ -8,6 +8,7 @@ split by a seeded shuffle of all rows and probed one-vs-rest; their primary metr
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from research.data import splits
 from research.errors import UserError
-from research.probe import fewshot, knn, lbfgs, logreg, metrics, multilabel, reader, report
+from research.probe import fewshot, knn, lbfgs, logreg, metrics, multilabel, progress, reader, report
 
 METHODS = ("logreg", "lbfgs", "knn", "fewshot")
 ROW_NORMALISED = ("knn", "fewshot")  # these L2-normalise rows themselves
@@ -23,12 +24,13 @@ ROW_NORMALISED = ("knn", "fewshot")  # these L2-normalise rows themselves
 
 def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = "logreg",
         standardize: bool = False, out=None, overwrite: bool = False, echo=None, metric=None,
-        options=None) -> dict:
+        options=None, show_progress: bool = True) -> dict:
     """Fit the probe on every tap of `feats`, score it on the test part, write the outputs; the result dict.
 
     `metric` ranks the taps and is named in the JSON (`metrics.primary`); `options` holds the kNN and few-shot
     settings (k, temperature; shots, seeds). `echo`, if given (the CLI passes `print`), receives the
-    classification report or the layer-wise table.
+    classification report or the layer-wise table, and
+    the time and paths of each fit. `show_progress`: a bar on stderr for every long step.
     """
     _check_args(method, test, test_size, seed)
     if standardize and method in ROW_NORMALISED:
@@ -44,9 +46,10 @@ def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = 
         raise UserError(f"the training part of {data.path} holds a single class; a probe needs two or more")
     rows, models, preds = [], {}, {}
     for tap in data.taps:
+        bar = functools.partial(_bar, prefix=f"{tap} " if data.multi_tap else "", enabled=show_progress)
         row, models[tap], preds[tap] = _probe_tap(tap, train_x[tap], train_y, test_x[tap], test_y,
                                                   data.label_names, method, standardize, seed, train_ids,
-                                                  options or {})
+                                                  options or {}, bar)
         rows.append(row)
     best = max(rows, key=lambda r: r[metric])  # first of equals: the shallowest
     result = _result(data, rows, best, method, standardize, seed, source, outputs)
@@ -56,7 +59,14 @@ def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = 
         echo(report.table(rows, metric) if data.multi_tap else best["report_text"])
         echo(f"{method}: test {metric} {best[metric]:.4f}" + (f" (best tap {best['tap']})" if data.multi_tap
                                                              else "") + f" -> {outputs['json']}")
+        for row in rows:
+            if "paths" in row:
+                echo(report.timing(row, method, row["tap"] if data.multi_tap else None))
     return result
+
+
+def _bar(total, desc, unit="fit", prefix="", enabled=True):
+    return progress.bar(total, prefix + desc, unit, enabled)
 
 
 def _check_args(method, test, test_size, seed) -> None:
@@ -122,7 +132,7 @@ def _check_match(train: reader.FeatureSet, test: reader.FeatureSet) -> None:
                             f"{test.features[tap].shape[1]} in {test.path}")
 
 
-def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed, ids, options):
+def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed, ids, options, bar):
     """Fit one tap and score it on the test part: (row for the JSON, model, test predictions).
 
     `fit_time_s` is the fit (for knn and fewshot, which fit and predict in one pass, both); `time_s` all of it."""
@@ -133,10 +143,11 @@ def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed
     else:
         if y.ndim == 2:
             model, record = multilabel.fit(x, y, label_names, lambda xc, yc, keep: _fit(
-                method, xc, yc, [ids[i] for i in np.flatnonzero(keep)], ["absent", "present"], standardize, seed)[:2])
+                method, xc, yc, [ids[i] for i in np.flatnonzero(keep)], ["absent", "present"], standardize, seed,
+                bar)[:2])
             n_train = len(y)
         else:
-            model, record, n_train = _fit(method, x, y, ids, label_names, standardize, seed)
+            model, record, n_train = _fit(method, x, y, ids, label_names, standardize, seed, bar)
         fit_time = time.perf_counter() - start
         pred = model.predict(test_x)
         margins = model.decision_function(test_x) if y.ndim == 2 else None
@@ -147,16 +158,16 @@ def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed
     return row, model, pred
 
 
-def _fit(method, x, y, ids, label_names, standardize, seed):
+def _fit(method, x, y, ids, label_names, standardize, seed, bar):
     """One logreg or lbfgs fit: (model, record, rows fitted on)."""
     if method == "logreg":
-        model, record = logreg.fit(x, y, standardize=standardize, seed=seed)
+        model, record = logreg.fit(x, y, standardize=standardize, seed=seed, progress=bar)
         return model, record, len(y)
     part = splits.stratified(y, ids, label_names, validation=lbfgs.VALIDATION, seed=seed)
     if len(part.validation) == 0:
         raise UserError("too few training samples to carve a validation split for --method lbfgs")
     t, v = part.train, part.validation
-    model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize)
+    model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize, progress=bar)
     return model, record, len(t) + len(v)  # the refit pools train and validation
 
 

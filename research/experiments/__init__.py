@@ -16,7 +16,8 @@ from research.errors import UserError
 ROOT = Path(__file__).resolve().parents[2]
 REPRO_DIR = ROOT / "configs" / "repro"
 KINDS = ("finetune", "probe")
-METRICS = ("test_accuracy", "validation_accuracy")
+# test_<M>: the probe's (or the fine-tune's test report's) metric M on the test split (`research.probe.metrics`).
+METRICS = ("test_accuracy", "validation_accuracy", "test_mean_per_class_accuracy", "test_voc07_map")
 
 
 def names() -> list[str]:

@@ -86,15 +86,19 @@ def weights(kind: str, cache: Path) -> Path:
 
 
 def dataset(root: Path, split_tree: bool = False, classes: int = 3, per_class: int = 8,
-            size: int = SMOKE_IMAGE_SIZE) -> Path:
+            size: int = SMOKE_IMAGE_SIZE, validation: bool = False) -> Path:
     """Class folders of small PNGs whose dominant colour is the class (learnable in a few steps), or with
-    `split_tree` train/ and test/ folders of them (a quarter of each class in test); made once, then reused."""
+    `split_tree` train/ and test/ folders of them (a quarter of each class in test, and with `validation`
+    another quarter in validation/); made once, then reused."""
     root = Path(root)
     if not split_tree:
         return class_folders(root, classes, per_class, size, range(per_class))
     n_test = per_class // 4
+    n_val = n_test if validation else 0
     class_folders(root / "test", classes, per_class, size, range(n_test))
-    class_folders(root / "train", classes, per_class, size, range(n_test, per_class))
+    if validation:
+        class_folders(root / "validation", classes, per_class, size, range(n_test, n_test + n_val))
+    class_folders(root / "train", classes, per_class, size, range(n_test + n_val, per_class))
     return root
 
 
@@ -117,3 +121,13 @@ def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None
             if i in keep:
                 Image.fromarray(image).save(folder / f"{i:03d}.png")
     return root
+
+
+def kornblith_dataset(root: Path, dataset, classes: int = 3, size: int = SMOKE_IMAGE_SIZE) -> Path:
+    """A tiny stand-in for one dataset of the kornblith2019 grid: its split folders (train, test and, where it
+    has one, validation), 3 coloured classes each. Sized so that every cell fits the same shapes (15 training
+    rows per class, of which lbfgs carves 3 for validation, or 12 + a given 3), so the sweep compiles once."""
+    roles = {"train": 12 if "validation" in dataset.splits else 15, "validation": 3, "test": 4}
+    for seed, (role, split) in enumerate(sorted(dataset.splits.items())):
+        class_folders(Path(root) / split, classes, roles[role], size, seed=seed + 1)
+    return Path(root)

@@ -194,8 +194,7 @@ def test_r50_flowers_linear_smoke_chooses_on_the_given_validation_split(tmp_path
 # --- the probe's given validation split -------------------------------------------------------------------------
 
 def test_given_validation_file_chooses_the_strength_and_the_refit_pools_both(tmp_path):
-    x, y = mixture(n=300, d=16, k=3, seed=1, spread=0.9)
-    names = ["a", "b", "c"]
+    x, y, names = mixture(n=300, d=16, k=3, seed=1, spread=0.9)
     parts = {"train": slice(0, 150), "validation": slice(150, 210), "test": slice(210, 300)}
     files = {}
     for part, rows in parts.items():
@@ -277,6 +276,7 @@ def test_grid_cells_through_tfds(mocked_tfds, tmp_path, monkeypatch):
     bundle = research.load(efficientnet_lite.bundled_path())
     monkeypatch.setattr(k.Context, "bundle", lambda self, arch: (efficientnet_lite.bundled_path(), bundle))
     monkeypatch.setattr(k.Context, "image_size", lambda self, arch: 32)
+    monkeypatch.setattr(k.Context, "probe_options", lambda self: {"max_iter": k.SMOKE_MAX_ITER})  # CI time
     work = tmp_path / "grid"
     with mocked_tfds:
         out = k.run(["resnet50"], ["voc2007", "flowers102"], workdir=work, echo=lambda *_: None)

@@ -239,6 +239,9 @@ class Context:
             self.bundles[path] = research.load(path)
         return Path(path), self.bundles[path]
 
+    def probe_options(self) -> dict | None:
+        return {"max_iter": SMOKE_MAX_ITER} if self.smoke else None
+
     def image_size(self, arch) -> int:
         from research.experiments import smoke
 
@@ -294,7 +297,7 @@ def run_cell(arch, dataset, ctx: Context) -> dict | None:
     folder.mkdir(parents=True, exist_ok=True)
     result = probe.run(files["train"], test=files["test"], validation=files.get("validation"), method=METHOD,
                        metric=dataset.metric, out=folder / PROBE, overwrite=True,
-                       options={"max_iter": SMOKE_MAX_ITER} if ctx.smoke else None)
+                       options=ctx.probe_options())
     record = {"arch": arch.key, "dataset": dataset.key, "metric": result["metric"],
               "value": result["metric_value"], "accuracy": result["accuracy"], "smoke": ctx.smoke,
               "n_train": result["n_train"], "n_validation": _n_validation(result), "n_test": result["n_test"],
@@ -517,7 +520,7 @@ def figure(rows, datasets, correlations, out: Path, smoke: bool) -> None:
     plt.close(fig)
 
 
-PERCENT_TICKS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 98, 99, 99.5, 99.9]) / 100
+PERCENT_TICKS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 98, 99, 99.5, 99.9, 99.99]) / 100
 
 
 def _percent_ticks(ax, x, y) -> None:

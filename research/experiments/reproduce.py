@@ -334,5 +334,20 @@ def listing(root: Path = DEFAULT_ROOT) -> str:
             last = f"{_pct(result['measured'])} ({result['finished'][:10]})"
         rows.append((name, exp.kind, exp.data or f"--data ({exp.dataset})",
                      f"{exp.reported_text} {exp.metric.split('_')[0]}", last))
+    rows.append(_grid_row(root))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _grid_row(root: Path) -> tuple:
+    """The kornblith2019 grid's line: how many of its cells the last join found done."""
+    from research.experiments import kornblith2019 as grid
+
+    table = root / grid.NAME / "table.csv"
+    last = "-"
+    if table.is_file():
+        rows = table.read_text().splitlines()[1:]
+        done = sum(",done," in r for r in rows)
+        last = f"{done}/{len(rows)} cells"
+    return (grid.NAME, "grid", f"{len(grid.ARCHS)} networks x {len(grid.DATASETS)} datasets",
+            "R50 row + r", last)

@@ -8,6 +8,7 @@ corrupt or interrupted download never lands in a cache.
 
 Checksums: Keras publishes the md5 of each file (keras.applications' `file_hash`); torchvision publishes the
 first 8 hex digits of the sha256 in the file name, which is what `torch.hub` checks, so that is what we check.
+Keras publishes no hash for its MobileNet v1 and v2 files; those are used as downloaded (algorithm "none").
 """
 from __future__ import annotations
 

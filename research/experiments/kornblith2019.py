@@ -529,8 +529,9 @@ def _percent_ticks(ax, x, y) -> None:
         if len(values) == 0:
             lo, hi = logit(0.5) - 1, logit(0.5) + 1
         else:
-            pad = max(0.15, 0.1 * float(np.ptp(values)))
+            pad = max(0.6, 0.1 * float(np.ptp(values)))
             lo, hi = float(np.min(values)) - pad, float(np.max(values)) + pad
         ticks = [t for t in PERCENT_TICKS if lo <= logit(t) <= hi]
         set_lim(lo, hi)
-        axis.set_ticks([float(logit(t)) for t in ticks], [f"{100 * t:g}" for t in ticks])
+        # 99.99 is also where logit clips: a measured 100% sits there
+        axis.set_ticks([float(logit(t)) for t in ticks], [f"{100 * t:g}" if t < 0.9999 else ">=99.99" for t in ticks])

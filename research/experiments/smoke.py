@@ -102,9 +102,10 @@ def dataset(root: Path, split_tree: bool = False, classes: int = 3, per_class: i
     return root
 
 
-def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None, seed: int = 0) -> Path:
-    """Class folders of PNGs whose colour says the class, with noise, so a model learns them in a few steps.
-    `keep` picks which of each class's `per_class` images are written (all by default)."""
+def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None, seed: int = 0,
+                  noise: float = 40.0) -> Path:
+    """Class folders of PNGs whose colour says the class, with noise (per-pixel std `noise`), so a model learns
+    them in a few steps. `keep` picks which of each class's `per_class` images are written (all by default)."""
     from PIL import Image
 
     if (root / f"class{classes - 1}").is_dir():
@@ -117,10 +118,13 @@ def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None
         base = np.zeros(3)
         base[c % 3] = 200
         for i in range(per_class):
-            image = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            image = np.clip(base + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
             if i in keep:
                 Image.fromarray(image).save(folder / f"{i:03d}.png")
     return root
+
+
+KORNBLITH_NOISE = 250.0  # the colours overlap: the probes score below 100%, so the log-odds figure has a range
 
 
 def kornblith_dataset(root: Path, dataset, classes: int = 3, size: int = SMOKE_IMAGE_SIZE) -> Path:
@@ -129,5 +133,5 @@ def kornblith_dataset(root: Path, dataset, classes: int = 3, size: int = SMOKE_I
     rows per class, of which lbfgs carves 3 for validation, or 12 + a given 3), so the sweep compiles once."""
     roles = {"train": 12 if "validation" in dataset.splits else 15, "validation": 3, "test": 4}
     for seed, (role, split) in enumerate(sorted(dataset.splits.items())):
-        class_folders(Path(root) / split, classes, roles[role], size, seed=seed + 1)
+        class_folders(Path(root) / split, classes, roles[role], size, seed=seed + 1, noise=KORNBLITH_NOISE)
     return Path(root)

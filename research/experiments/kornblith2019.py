@@ -286,18 +286,13 @@ def run_cell(arch, dataset, ctx: Context) -> dict | None:
     if reason:  # the join says so from the registry; nothing is written
         ctx.echo(f"{arch.key} x {dataset.key}: skipped ({reason})")
         return None
-    try:
+    try:  # a cell that cannot run is skipped with its one-line reason; the grid goes on
         specs = ctx.specs(dataset)
         weights, bundle = ctx.bundle(arch)
+        files = {role: _features(ctx, weights, bundle, arch, dataset, role, spec) for role, spec in specs.items()}
+        result = _probe(ctx, dataset, files, folder)
     except UserError as e:
         return _skip(folder, arch, dataset, str(e), ctx.echo)
-    files = {role: _features(ctx, weights, bundle, arch, dataset, role, spec) for role, spec in specs.items()}
-    from research import probe
-
-    folder.mkdir(parents=True, exist_ok=True)
-    result = probe.run(files["train"], test=files["test"], validation=files.get("validation"), method=METHOD,
-                       metric=dataset.metric, out=folder / PROBE, overwrite=True,
-                       options=ctx.probe_options())
     record = {"arch": arch.key, "dataset": dataset.key, "metric": result["metric"],
               "value": result["metric_value"], "accuracy": result["accuracy"], "smoke": ctx.smoke,
               "n_train": result["n_train"], "n_validation": _n_validation(result), "n_test": result["n_test"],
@@ -312,6 +307,14 @@ def run_cell(arch, dataset, ctx: Context) -> dict | None:
     (folder / SKIPPED).unlink(missing_ok=True)
     ctx.echo(f"{arch.key} x {dataset.key}: {dataset.metric} {record['value']:.4f}")
     return record
+
+
+def _probe(ctx: Context, dataset, files: dict, folder: Path) -> dict:
+    from research import probe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return probe.run(files["train"], test=files["test"], validation=files.get("validation"), method=METHOD,
+                     metric=dataset.metric, out=folder / PROBE, overwrite=True, options=ctx.probe_options())
 
 
 def _n_validation(result: dict):

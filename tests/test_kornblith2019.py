@@ -290,3 +290,21 @@ def test_grid_cells_through_tfds(mocked_tfds, tmp_path, monkeypatch):
     from research.probe import reader
     voc_test = reader.read(work / "features" / "efficientnet-lite0-57934424_32px" / "voc2007_test.h5")
     assert voc_test.labels.shape == (6, 20) and (voc_test.labels == -1).sum() == 3
+
+
+def test_a_cell_that_fails_on_its_data_is_skipped_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """Aircraft folders whose validation split lacks a class: the probe refuses the files (one line), the cell
+    is skipped with that reason and retried next run; nothing else stops."""
+    import research
+    from research.experiments import smoke
+    from research.weights import efficientnet_lite
+
+    bundle = research.load(efficientnet_lite.bundled_path())
+    monkeypatch.setattr(k.Context, "bundle", lambda self, arch: (efficientnet_lite.bundled_path(), bundle))
+    monkeypatch.setattr(k.Context, "image_size", lambda self, arch: 32)
+    root = tmp_path / "air"
+    for split, classes in (("train", 2), ("validation", 1), ("test", 2)):
+        smoke.class_folders(root / split, classes, 3, 32)
+    out = k.run(["resnet50"], ["aircraft"], data=[f"aircraft={root}"], workdir=tmp_path / "w", echo=lambda *_: None)
+    assert out["skipped"] == 1 and "label_names differ" in out["rows"][0]["reason"]
+    assert (k.cell_dir(tmp_path / "w", k.ARCH_BY_KEY["resnet50"], k.DATASET_BY_KEY["aircraft"]) / k.SKIPPED).is_file()

@@ -105,7 +105,7 @@ def cmd_probe(args) -> None:
     options = {"k": args.k, "temperature": args.temperature, "shots": args.shots, "seeds": args.seeds}
     probe.run(args.feats, test=args.test, test_size=args.test_size, seed=args.seed, method=args.method,
               standardize=args.standardize, out=args.out, overwrite=args.overwrite, echo=print,
-              metric=args.metric, options=options)
+              metric=args.metric, options=options, validation=args.validation)
 
 
 def _int_list(text: str) -> list[int]:
@@ -120,6 +120,8 @@ def add_probe_parser(sub) -> None:
     test.add_argument("--test", help="a second feature file to test on (same label_names)")
     test.add_argument("--test-size", type=float, default=0.25,
                       help="fraction of each class held out for test when --test is not given (default 0.25)")
+    p.add_argument("--validation", help="with --test: a feature file of the given validation split (lbfgs "
+                   "chooses its strength on it, then refits on train + validation)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the splits and the folds")
     p.add_argument("--method", default="logreg", choices=["logreg", "lbfgs", "knn", "fewshot"],
                    help="logreg: scikit-learn with grid-searched C; lbfgs: JAX L-BFGS over 45 L2 strengths; "

@@ -207,6 +207,9 @@ def test_given_validation_file_chooses_the_strength_and_the_refit_pools_both(tmp
     assert result["test_source"]["validation"]["n"] == 60 and result["metric"] == "mean_per_class_accuracy"
     with pytest.raises(UserError, match="needs a test file"):
         probe.run(files["train"], validation=files["validation"], method="lbfgs", out=tmp_path / "q.json")
+    assert main(["probe", str(files["train"]), "--test", str(files["test"]), "--validation", str(files["validation"]),
+                 "--method", "lbfgs", "--out", str(tmp_path / "cli.json")]) == 0
+    assert json.loads((tmp_path / "cli.json").read_text())["best_l2"] == direct["best_l2"]
 
 
 # --- through mocked TFDS ------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def cmd_probe(args) -> None:
     options = {"k": args.k, "temperature": args.temperature, "shots": args.shots, "seeds": args.seeds}
     probe.run(args.feats, test=args.test, test_size=args.test_size, seed=args.seed, method=args.method,
               standardize=args.standardize, out=args.out, overwrite=args.overwrite, echo=print,
-              metric=args.metric, options=options)
+              metric=args.metric, options=options, validation=args.validation)
 
 
 def _int_list(text: str) -> list[int]:
@@ -124,6 +124,8 @@ def add_probe_parser(sub) -> None:
     test.add_argument("--test", help="a second feature file to test on (same label_names)")
     test.add_argument("--test-size", type=float, default=0.25,
                       help="fraction of each class held out for test when --test is not given (default 0.25)")
+    p.add_argument("--validation", help="with --test: a feature file of the given validation split (lbfgs "
+                   "chooses its strength on it, then refits on train + validation)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the splits and the folds")
     p.add_argument("--method", default="logreg", choices=["logreg", "lbfgs", "knn", "fewshot"],
                    help="logreg: scikit-learn with grid-searched C; lbfgs: JAX L-BFGS over 45 L2 strengths; "
@@ -234,8 +236,18 @@ def cmd_reproduce(args) -> None:
         return
     if not args.name:
         raise UserError("name an experiment (research reproduce --list shows them)")
-    reproduce.run(args.name, smoke=args.smoke, offline=args.offline, weights=args.weights, data=args.data,
-                  workdir=args.workdir, overwrite=args.overwrite)
+    if args.name == "kornblith2019":
+        from research.experiments import kornblith2019
+
+        kornblith2019.run(args.models, args.datasets, smoke=args.smoke, offline=args.offline, data=args.data,
+                          workdir=args.workdir, shard=_shard(args.shard), join_only=args.join)
+        return
+    grid_only = [f for f, v in (("--models", args.models), ("--datasets", args.datasets), ("--shard", args.shard),
+                                ("--join", args.join)) if v]
+    if grid_only or len(args.data or ()) > 1:
+        raise UserError(f"{', '.join(grid_only) or 'several --data'}: only for the kornblith2019 grid")
+    reproduce.run(args.name, smoke=args.smoke, offline=args.offline, weights=args.weights,
+                  data=args.data[0] if args.data else None, workdir=args.workdir, overwrite=args.overwrite)
 
 
 def add_reproduce_parser(sub) -> None:
@@ -245,9 +257,14 @@ def add_reproduce_parser(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="the same path on stand-in weights and tiny data, offline")
     p.add_argument("--offline", action="store_true", help="never download; name whatever is missing and stop")
     p.add_argument("--weights", help="a weight file to use instead of fetching the experiment's own")
-    p.add_argument("--data", help="a dataset spec to use instead of the experiment's TFDS default")
+    p.add_argument("--data", action="append", help="a dataset spec to use instead of the experiment's TFDS "
+                   "default; kornblith2019: DATASET=DIR for aircraft and birdsnap (repeat)")
     p.add_argument("--workdir", help="default runs/repro/NAME (smoke: runs/repro/smoke/NAME)")
     p.add_argument("--overwrite", action="store_true", help="rerun a finished workdir from scratch")
+    p.add_argument("--models", action="append", help="kornblith2019: networks, comma-separated (default all)")
+    p.add_argument("--datasets", action="append", help="kornblith2019: datasets, comma-separated (default all)")
+    p.add_argument("--shard", metavar="I/N", help="kornblith2019: run every N-th cell from the I-th (one per host)")
+    p.add_argument("--join", action="store_true", help="kornblith2019: only gather finished cells into the tables")
     p.set_defaults(func=cmd_reproduce)
 
 

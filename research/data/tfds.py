@@ -6,7 +6,11 @@ access, NumPy parsing, no TF graph), with image decoding skipped so that the enc
 decode and resize path, exactly as files from a folder do, and listing the labels does not decode any image.
 
 Records reference (TFDS split, index); `paths` spell them `SPLIT/000123` for provenance. Class names come from
-`features["label"].names`. TFDS splits named train, validation or test become given splits; a dataset with only
+`features["label"].names`. Multi-label datasets (voc: a `labels` sequence and `objects` with `is_difficult`)
+list one proxy label per record (its lowest present class, which the stratified splitter and the feature file's
+`labels` column need) and keep the (N, C) target matrix (`multilabel_targets`): 1 where the class has an
+object not marked difficult, -1 where all its objects are difficult (VOC 2007's ignored entries), else 0. TFDS
+splits named train, validation or test become given splits; a dataset with only
 `train` (cats_vs_dogs, tf_flowers) has none, so the seeded stratified splitter applies. `tfds:NAME:SPLIT` reads
 that one split, again with no given splits.
 """
@@ -24,6 +28,8 @@ from research.errors import UserError
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
+LABELS_KEY = "labels"  # multi-label datasets: a Sequence of ClassLabel
+OBJECTS_KEY = "objects"
 LIST_CHUNK = 1024  # records parsed per call while listing labels
 
 
@@ -45,13 +51,19 @@ def open_tfds(spec: str):
     available = _prepared_splits(builder, spec)
     chosen = [_check_split(wanted, available, spec)] if wanted else _standard_splits(available, spec)
     readers = {s: _data_source(tfds, builder, s, spec) for s in chosen}
-    refs, labels = _list(readers)
     class_names = _class_names(builder, spec)
+    classes = len(class_names) if _multilabel(builder.info.features) else 0
+    refs, labels, targets = _list(readers, classes)
     split = None if wanted else _given_split(refs)
     paths = tuple(f"{s}/{i:06d}" for s, i in refs)
     return Source(spec, "tfds", Path(str(builder.data_dir)), class_names, paths, labels, split,
                   attrs={"tfds_name": name, "tfds_splits": chosen}, refs=tuple(refs),
-                  reader=_Reader(readers, refs))
+                  reader=_Reader(readers, refs, targets))
+
+
+def multilabel_targets(source) -> np.ndarray | None:
+    """The (N, C) int8 targets of a multi-label TFDS source (1 present, 0 absent, -1 difficult), else None."""
+    return getattr(source.reader, "targets", None)
 
 
 def _import_tfds():
@@ -116,21 +128,56 @@ def _standard_splits(available: list[str], spec: str) -> list[str]:
 
 def _class_names(builder, spec: str) -> tuple[str, ...]:
     features = builder.info.features
+    if IMAGE_KEY in features and _multilabel(features):
+        return tuple(features[LABELS_KEY].feature.names)
     if IMAGE_KEY not in features or LABEL_KEY not in features or not hasattr(features[LABEL_KEY], "names"):
-        raise UserError(f"{spec}: not an image classification dataset (needs 'image' and a class 'label')")
+        raise UserError(f"{spec}: not an image classification dataset (needs 'image' and a class 'label', or "
+                        f"'labels' and 'objects')")
     return tuple(features[LABEL_KEY].names)
 
 
-def _list(readers: dict) -> tuple[list[tuple[str, int]], np.ndarray]:
-    """(split, index) per record and its label, reading the labels only (images stay encoded)."""
-    refs, labels = [], []
+def _multilabel(features) -> bool:
+    return (LABEL_KEY not in features and LABELS_KEY in features and OBJECTS_KEY in features
+            and hasattr(getattr(features[LABELS_KEY], "feature", None), "names"))
+
+
+def object_targets(objects, classes: int) -> np.ndarray:
+    """One image's (C,) targets from its objects: 1 for a class with a non-difficult object, -1 for a class
+    whose objects are all difficult, 0 otherwise."""
+    labels = np.asarray(objects["label"], np.int64).reshape(-1)
+    difficult = np.asarray(objects["is_difficult"], bool).reshape(-1)
+    row = np.zeros(classes, np.int8)
+    row[labels[difficult]] = -1
+    row[labels[~difficult]] = 1
+    return row
+
+
+def _proxy_label(row: np.ndarray) -> int:
+    """The lowest present class, else the lowest difficult one, else 0."""
+    for value in (1, -1):
+        hits = np.flatnonzero(row == value)
+        if len(hits):
+            return int(hits[0])
+    return 0
+
+
+def _list(readers: dict, classes: int = 0):
+    """(split, index) per record, its label and, for a multi-label dataset of `classes` classes, its (N, C)
+    targets (else None), reading the labels only (images stay encoded)."""
+    refs, labels, targets = [], [], []
     for split, reader in readers.items():
         n = len(reader)
         for start in range(0, n, LIST_CHUNK):
             keys = list(range(start, min(n, start + LIST_CHUNK)))
-            labels += [int(example[LABEL_KEY]) for example in _rows(reader, keys)]
+            for example in _rows(reader, keys):
+                if classes:
+                    targets.append(object_targets(example[OBJECTS_KEY], classes))
+                    labels.append(_proxy_label(targets[-1]))
+                else:
+                    labels.append(int(example[LABEL_KEY]))
         refs += [(split, i) for i in range(n)]
-    return refs, np.asarray(labels, np.int32)
+    matrix = np.stack(targets).astype(np.int8) if classes and targets else None
+    return refs, np.asarray(labels, np.int32), matrix
 
 
 def _rows(reader, keys: list[int]) -> list:
@@ -150,9 +197,10 @@ def _given_split(refs) -> np.ndarray | None:
 class _Reader:
     """record index -> RGB PIL image, from the encoded bytes (or an array, should a source give one)."""
 
-    def __init__(self, readers: dict, refs):
+    def __init__(self, readers: dict, refs, targets=None):
         self._readers = readers
         self._refs = refs
+        self.targets = targets
 
     def __call__(self, index: int) -> Image.Image:
         split, row = self._refs[index]

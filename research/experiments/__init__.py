@@ -15,7 +15,8 @@ from research import resources
 from research.errors import UserError
 
 KINDS = ("finetune", "probe")
-METRICS = ("test_accuracy", "validation_accuracy")
+# test_<M>: the probe's (or the fine-tune's test report's) metric M on the test split (`research.probe.metrics`).
+METRICS = ("test_accuracy", "validation_accuracy", "test_mean_per_class_accuracy", "test_voc07_map")
 
 
 def names() -> list[str]:

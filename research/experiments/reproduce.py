@@ -73,7 +73,8 @@ def resolve(exp, smoke: bool, offline: bool, weights, data, workdir: Path, cache
     if smoke:
         cache = Path(cache_dir or fetch.default_cache()).parent / "smoke"
         path = stand_in.weights(exp.smoke.weights, cache)
-        spec = str(stand_in.dataset(workdir / "smoke_data", split_tree=exp.smoke.split_tree))
+        spec = str(stand_in.dataset(workdir / "smoke_data", split_tree=exp.smoke.split_tree,
+                                    validation=exp.smoke.get("validation", False)))
         return Inputs(path, spec, True, [f"stand-in weights {path.name} (random values, or the bundled "
                                          f"EfficientNet-Lite0), tiny generated data, 32 px, 1 epoch per phase"])
     problems = []
@@ -206,12 +207,25 @@ def _finetune(exp, inputs: Inputs, workdir: Path, echo) -> dict:
     if validation is None:
         validation = history[-1].get("validation_accuracy")
     split = meta["finetune"]["split"]
-    return {"test_accuracy": test, "validation_accuracy": validation,
-            "value": test if exp.metric == "test_accuracy" else validation,
+    per_class = _mean_per_class(summary.get("test", {}).get("report"))
+    value = {"test_accuracy": test, "validation_accuracy": validation,
+             "test_mean_per_class_accuracy": per_class}[exp.metric]
+    return {"test_accuracy": test, "validation_accuracy": validation, "test_mean_per_class_accuracy": per_class,
+            "value": value,
             "weights_source": meta.get("source") or {},
             "split": {k: len(v) for k, v in split.items() if isinstance(v, list)},
             "curves": "train/curves.png" if (train_dir / "curves.png").is_file() else None,
             "params": summary["params"], "config": summary["config"], "epochs": len(history)}
+
+
+def _mean_per_class(table: dict | None) -> float | None:
+    """Mean per-class accuracy from a test classification report: recall averaged over the classes with test
+    images (as `research.probe.metrics.mean_per_class_accuracy`)."""
+    if not table:
+        return None
+    recalls = [v["recall"] for k, v in table.items() if isinstance(v, dict) and k not in (
+        "macro avg", "weighted avg", "micro avg") and v.get("support", 0) > 0]
+    return float(sum(recalls) / len(recalls)) if recalls else None
 
 
 def _probe(exp, inputs: Inputs, workdir: Path, echo) -> dict:
@@ -223,17 +237,28 @@ def _probe(exp, inputs: Inputs, workdir: Path, echo) -> dict:
                                                                                                p.batch_size)
     source = datasets.open(inputs.data)
     given = p.split == "given" and source.split is not None
-    parts = ("train", "test") if given else (None,)
-    files = [_dump(inputs, p, workdir, part, size, batch, echo) for part in parts]
-    result = probe.run(files[0], test=files[1] if given else None, test_size=p.test_size, method=p.method,
+    present = set(source.split_names() or ()) if given else set()
+    parts = [s for s in ("train", "validation", "test") if s in present] if given else [None]
+    files = {part: _dump(inputs, p, workdir, part, size, batch, echo) for part in parts}
+    if given and not {"train", "test"} <= present:
+        raise UserError(f"{inputs.data}: the protocol needs given train and test splits; it has "
+                        f"{', '.join(sorted(present))}")
+    metric = exp.metric.removeprefix("test_")
+    result = probe.run(files["train"] if given else files[None], test=files.get("test"),
+                       validation=files.get("validation"), test_size=p.test_size, method=p.method, metric=metric,
                        out=workdir / "probe.json", overwrite=True)
-    split = ({"given": "train/test", "train": result["n_train"], "test": result["n_test"]} if given else
-             {"random": f"{p.test_size:.0%} stratified, seed 0", "train": result["n_train"],
-              "test": result["n_test"]})
+    validation = result["test_source"].get("validation")
+    split = ({"given": "/".join(parts), "train": result["n_train"], "test": result["n_test"],
+              "validation": validation["n"] if validation else f"{result.get('n_validation')} carved from train"}
+             if given else {"random": f"{p.test_size:.0%} stratified, seed 0", "train": result["n_train"],
+                            "test": result["n_test"]})
     source_meta = {"file": inputs.weights.name, "sha256": _sha256(inputs.weights)}
-    return {"test_accuracy": result["accuracy"], "value": result["accuracy"], "weights_source": source_meta,
-            "split": split, "curves": None, "config": {**p.to_dict(), "image_size": size, "batch_size": batch},
-            "probe": {k: result.get(k) for k in ("method", "best_C", "macro_f1", "n_train", "n_test")}}
+    return {"test_accuracy": result["accuracy"], exp.metric: result["metric_value"], "value": result["metric_value"],
+            "weights_source": source_meta, "split": split, "curves": None,
+            "config": {**p.to_dict(), "image_size": size, "batch_size": batch},
+            "probe": {k: result.get(k) for k in ("method", "metric", "metric_value", "accuracy",
+                                                 "mean_per_class_accuracy", "best_C", "best_l2", "macro_f1",
+                                                 "n_train", "n_validation", "n_test")}}
 
 
 def _dump(inputs: Inputs, p, workdir: Path, part, size: int, batch: int, echo) -> Path:
@@ -309,5 +334,20 @@ def listing(root: Path = DEFAULT_ROOT) -> str:
             last = f"{_pct(result['measured'])} ({result['finished'][:10]})"
         rows.append((name, exp.kind, exp.data or f"--data ({exp.dataset})",
                      f"{exp.reported_text} {exp.metric.split('_')[0]}", last))
+    rows.append(_grid_row(root))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _grid_row(root: Path) -> tuple:
+    """The kornblith2019 grid's line: how many of its cells the last join found done."""
+    from research.experiments import kornblith2019 as grid
+
+    table = root / grid.NAME / "table.csv"
+    last = "-"
+    if table.is_file():
+        rows = table.read_text().splitlines()[1:]
+        done = sum(",done," in r for r in rows)
+        last = f"{done}/{len(rows)} cells"
+    return (grid.NAME, "grid", f"{len(grid.ARCHS)} networks x {len(grid.DATASETS)} datasets",
+            "R50 row + r", last)

@@ -86,21 +86,26 @@ def weights(kind: str, cache: Path) -> Path:
 
 
 def dataset(root: Path, split_tree: bool = False, classes: int = 3, per_class: int = 8,
-            size: int = SMOKE_IMAGE_SIZE) -> Path:
+            size: int = SMOKE_IMAGE_SIZE, validation: bool = False) -> Path:
     """Class folders of small PNGs whose dominant colour is the class (learnable in a few steps), or with
-    `split_tree` train/ and test/ folders of them (a quarter of each class in test); made once, then reused."""
+    `split_tree` train/ and test/ folders of them (a quarter of each class in test, and with `validation`
+    another quarter in validation/); made once, then reused."""
     root = Path(root)
     if not split_tree:
         return class_folders(root, classes, per_class, size, range(per_class))
     n_test = per_class // 4
+    n_val = n_test if validation else 0
     class_folders(root / "test", classes, per_class, size, range(n_test))
-    class_folders(root / "train", classes, per_class, size, range(n_test, per_class))
+    if validation:
+        class_folders(root / "validation", classes, per_class, size, range(n_test, n_test + n_val))
+    class_folders(root / "train", classes, per_class, size, range(n_test + n_val, per_class))
     return root
 
 
-def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None, seed: int = 0) -> Path:
-    """Class folders of PNGs whose colour says the class, with noise, so a model learns them in a few steps.
-    `keep` picks which of each class's `per_class` images are written (all by default)."""
+def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None, seed: int = 0,
+                  noise: float = 40.0) -> Path:
+    """Class folders of PNGs whose colour says the class, with noise (per-pixel std `noise`), so a model learns
+    them in a few steps. `keep` picks which of each class's `per_class` images are written (all by default)."""
     from PIL import Image
 
     if (root / f"class{classes - 1}").is_dir():
@@ -113,7 +118,20 @@ def class_folders(root: Path, classes: int, per_class: int, size: int, keep=None
         base = np.zeros(3)
         base[c % 3] = 200
         for i in range(per_class):
-            image = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            image = np.clip(base + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
             if i in keep:
                 Image.fromarray(image).save(folder / f"{i:03d}.png")
     return root
+
+
+KORNBLITH_NOISE = 250.0  # the colours overlap: the probes score below 100%, so the log-odds figure has a range
+
+
+def kornblith_dataset(root: Path, dataset, classes: int = 3, size: int = SMOKE_IMAGE_SIZE) -> Path:
+    """A tiny stand-in for one dataset of the kornblith2019 grid: its split folders (train, test and, where it
+    has one, validation), 3 coloured classes each. Sized so that every cell fits the same shapes (15 training
+    rows per class, of which lbfgs carves 3 for validation, or 12 + a given 3), so the sweep compiles once."""
+    roles = {"train": 12 if "validation" in dataset.splits else 15, "validation": 3, "test": 4}
+    for seed, (role, split) in enumerate(sorted(dataset.splits.items())):
+        class_folders(Path(root) / split, classes, roles[role], size, seed=seed + 1, noise=KORNBLITH_NOISE)
+    return Path(root)

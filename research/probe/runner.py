@@ -20,19 +20,24 @@ from research.probe import fewshot, knn, lbfgs, logreg, metrics, multilabel, pro
 
 METHODS = ("logreg", "lbfgs", "knn", "fewshot")
 ROW_NORMALISED = ("knn", "fewshot")  # these L2-normalise rows themselves
+GIVEN_VALIDATION = "validation:"  # the sample-id prefix of a `validation` file's rows
 
 
 def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = "logreg",
         standardize: bool = False, out=None, overwrite: bool = False, echo=None, metric=None,
-        options=None, show_progress: bool = True) -> dict:
+        options=None, validation=None, show_progress: bool = True) -> dict:
     """Fit the probe on every tap of `feats`, score it on the test part, write the outputs; the result dict.
 
     `metric` ranks the taps and is named in the JSON (`metrics.primary`); `options` holds the kNN and few-shot
-    settings (k, temperature; shots, seeds). `echo`, if given (the CLI passes `print`), receives the
-    classification report or the layer-wise table, and
-    the time and paths of each fit. `show_progress`: a bar on stderr for every long step.
+    settings (k, temperature; shots, seeds) and lbfgs's max_iter (per strength). `validation`, a feature file
+    beside a `test` file, is a given validation split: lbfgs chooses its strength on it and refits on train +
+    validation (Kornblith et al. 2019); the other methods fit on both. `echo`, if given (the CLI passes
+    `print`), receives the classification report or the layer-wise table, and the time and paths of each
+    fit. `show_progress`: a bar on stderr for every long step.
     """
     _check_args(method, test, test_size, seed)
+    if validation is not None and test is None:
+        raise UserError("a validation file needs a test file too (--test)")
     if standardize and method in ROW_NORMALISED:
         raise UserError(f"--standardize applies to logreg and lbfgs; {method} L2-normalises rows itself")
     data = reader.read(feats)
@@ -42,6 +47,9 @@ def run(feats, test=None, test_size: float = 0.25, seed: int = 0, method: str = 
     skip = (("confusion",) if data.multilabel else ()) + (("model",) if method == "knn" else ())
     outputs = _outputs(Path(feats), out, data.multi_tap, overwrite, skip)
     train_x, train_y, train_ids, test_x, test_y, source = _parts(data, test, test_size, seed)
+    if validation is not None:
+        train_x, train_y, train_ids, source["validation"] = _with_validation(data, validation, train_x, train_y,
+                                                                             train_ids)
     if not data.multilabel and len(np.unique(train_y)) < 2:
         raise UserError(f"the training part of {data.path} holds a single class; a probe needs two or more")
     rows, models, preds = [], {}, {}
@@ -119,6 +127,17 @@ def _parts(data: reader.FeatureSet, test, test_size, seed):
     return train, data.labels[split.train], [ids[i] for i in split.train], test_x, data.labels[split.test], source
 
 
+def _with_validation(data: reader.FeatureSet, validation, train_x, train_y, train_ids):
+    """The training part with a given validation file's rows appended, their ids marked as such."""
+    other = reader.read(validation)
+    _check_match(data, other)
+    ids = other.paths or [f"#{i:09d}" for i in range(len(other))]
+    x = {tap: np.concatenate([v, other.features[tap]]) for tap, v in train_x.items()}
+    record = {"path": str(validation), "n": len(other), "provenance": other.attrs}
+    return (x, np.concatenate([train_y, other.labels]), list(train_ids) + [GIVEN_VALIDATION + i for i in ids],
+            record)
+
+
 def _check_match(train: reader.FeatureSet, test: reader.FeatureSet) -> None:
     if train.label_names != test.label_names:
         diff = [f"{a!r}!={b!r}" for a, b in zip(train.label_names, test.label_names) if a != b][:3]
@@ -144,10 +163,10 @@ def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed
         if y.ndim == 2:
             model, record = multilabel.fit(x, y, label_names, lambda xc, yc, keep: _fit(
                 method, xc, yc, [ids[i] for i in np.flatnonzero(keep)], ["absent", "present"], standardize, seed,
-                bar)[:2])
+                bar, options)[:2])
             n_train = len(y)
         else:
-            model, record, n_train = _fit(method, x, y, ids, label_names, standardize, seed, bar)
+            model, record, n_train = _fit(method, x, y, ids, label_names, standardize, seed, bar, options)
         fit_time = time.perf_counter() - start
         pred = model.predict(test_x)
         margins = model.decision_function(test_x) if y.ndim == 2 else None
@@ -158,16 +177,21 @@ def _probe_tap(tap, x, y, test_x, test_y, label_names, method, standardize, seed
     return row, model, pred
 
 
-def _fit(method, x, y, ids, label_names, standardize, seed, bar):
+def _fit(method, x, y, ids, label_names, standardize, seed, bar, options=None):
     """One logreg or lbfgs fit: (model, record, rows fitted on)."""
     if method == "logreg":
         model, record = logreg.fit(x, y, standardize=standardize, seed=seed, progress=bar)
         return model, record, len(y)
-    part = splits.stratified(y, ids, label_names, validation=lbfgs.VALIDATION, seed=seed)
-    if len(part.validation) == 0:
+    given = np.array([i.startswith(GIVEN_VALIDATION) for i in ids], bool)
+    if given.any():
+        t, v = np.flatnonzero(~given), np.flatnonzero(given)
+    else:
+        part = splits.stratified(y, ids, label_names, validation=lbfgs.VALIDATION, seed=seed)
+        t, v = part.train, part.validation
+    if len(v) == 0 or len(t) == 0:
         raise UserError("too few training samples to carve a validation split for --method lbfgs")
-    t, v = part.train, part.validation
-    model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize, progress=bar)
+    model, record = lbfgs.fit(x[t], y[t], x[v], y[v], standardize=standardize, progress=bar,
+                              **_pick(options or {}, "max_iter"))
     return model, record, len(t) + len(v)  # the refit pools train and validation
 
 

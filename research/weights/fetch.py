@@ -8,6 +8,7 @@ corrupt or interrupted download never lands in a cache.
 
 Checksums: Keras publishes the md5 of each file (keras.applications' `file_hash`); torchvision publishes the
 first 8 hex digits of the sha256 in the file name, which is what `torch.hub` checks, so that is what we check.
+Keras publishes no hash for its MobileNet v1 and v2 files; those are used as downloaded (algorithm "none").
 """
 from __future__ import annotations
 
@@ -71,6 +72,37 @@ KNOWN: dict[str, Known] = {
 }
 
 
+def _keras_file(folder: str, url_name: str, md5: str | None, cache_name: str | None = None) -> dict[str, Known]:
+    """One keras.applications file, keyed by the name Keras caches it under; md5 None where Keras publishes
+    no hash for it (MobileNet v1 and v2): such a file is used unverified (`verify` accepts any bytes)."""
+    return {cache_name or url_name: Known(f"{KERAS_BASE}/{folder}/{url_name}", "md5" if md5 else "none",
+                                          md5 or "", "keras")}
+
+
+# The networks of Kornblith et al. (2019) that keras.applications publishes (URLs and md5s as keras 3's
+# applications modules give them: inception_v3.py, inception_resnet_v2.py, resnet.py WEIGHTS_HASHES for the
+# v2 ResNets, densenet.py, nasnet.py; mobilenet.py and mobilenet_v2.py give no hash).
+KNOWN.update({
+    **_keras("inception_v3", "inception_v3", "9a0d58056eeedaa3f26cb7ebd46da564", "bcbd6486424b2319ff4ef7d526e38f63"),
+    **_keras("inception_resnet_v2", "inception_resnet_v2", "e693bd0210a403b3192acc6073ad2e96",
+             "d19885ff4a710c122648d3b5c3b684e4"),
+    **_keras("resnet", "resnet50v2", "3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
+    **_keras("resnet", "resnet101v2", "6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
+    **_keras("resnet", "resnet152v2", "a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
+    **_keras("densenet", "densenet121", "9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738"),
+    **_keras("densenet", "densenet169", "d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b"),
+    **_keras("densenet", "densenet201", "1ceb130c1ea1b78c3bf6114dbdfd8807", "c13680b51ded0fb44dff2d8f86ac8bb1"),
+    **_keras_file("mobilenet", "mobilenet_1_0_224_tf.h5", None),
+    **_keras_file("mobilenet", "mobilenet_1_0_224_tf_no_top.h5", None),
+    **_keras_file("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5", None),
+    **_keras_file("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", None),
+    **_keras_file("nasnet", "NASNet-mobile.h5", "020fb642bf7360b370c678b08e0adf61", "nasnet_mobile.h5"),
+    **_keras_file("nasnet", "NASNet-mobile-no-top.h5", "1ed92395b5b598bdda52abe5c0dbfd63", "nasnet_mobile_no_top.h5"),
+    **_keras_file("nasnet", "NASNet-large.h5", "11577c9a518f0070763c2b964a382f17", "nasnet_large.h5"),
+    **_keras_file("nasnet", "NASNet-large-no-top.h5", "d81d89dc07e6e56530c4e77faddd61b5", "nasnet_large_no_top.h5"),
+})
+
+
 def known(name: str) -> Known:
     if name not in KNOWN:
         raise UserError(f"unknown weight file {name!r}; known: {', '.join(sorted(KNOWN))}")
@@ -97,7 +129,9 @@ def candidates(name: str, cache_dir=None) -> list[Path]:
 
 
 def verify(path, entry: Known) -> bool:
-    """Whether the file's digest is the published one."""
+    """Whether the file's digest is the published one (always, for a file whose publisher gives none)."""
+    if entry.algorithm == "none":
+        return True
     algorithm = "md5" if entry.algorithm == "md5" else "sha256"
     digest = hashlib.new(algorithm)
     with open(path, "rb") as f:

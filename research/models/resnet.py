@@ -177,7 +177,7 @@ def detect_keras(layers: dict) -> str | None:
     if "res2a_branch2a" in names:
         raise UserError("the 2016 Keras ResNet50 file (res2a_branch2a names, BN epsilon 1e-3, an unpadded "
                         "max-pool), which differs from keras.applications' current ResNet50; use the current file")
-    if "conv1_conv" not in names or "conv2_block1_1_conv" not in names:
+    if "conv1_conv" not in names or "conv2_block1_3_conv" not in names:  # DenseNet has conv2_block1_1_conv too
         return None
     blocks = sum(bool(re.fullmatch(r"conv4_block\d+_1_conv", n)) for n in names)
     if blocks not in KERAS_BLOCKS_IN_CONV4:

@@ -65,6 +65,7 @@ def test_every_width_at_224(name, alpha, photos, tmp_path):
     check(name, alpha, True, 224, ("keras2_h5",), photos, tmp_path)
 
 
+@pytest.mark.full  # builds ten Keras models
 def test_widths_are_keras(photos):
     """Our widths are Keras' at every alpha it publishes (the `_make_divisible` rounding included)."""
     for arch, (version, alpha) in mobilenet.ARCHS.items():

@@ -165,6 +165,8 @@ def check_fresh_head(model, images, tmp_path, num_classes: int = 5) -> None:
     """A headless Keras `model` loaded with a fresh head (`research.load(num_classes=...)`): bf16 features stay
     within parity.BFLOAT16 of float32, and with every BatchNorm frozen a train-mode forward (batch statistics
     updates asked for) gives the inference logits."""
+    import jax
+
     import research
     from research import parity, preprocess
 
@@ -184,7 +186,6 @@ def check_fresh_head(model, images, tmp_path, num_classes: int = 5) -> None:
     x = preprocess.apply(bundle.preprocessing, images)
     train, updates = module.apply(bundle.variables, x, train=True, taps=("logits",), mutable=["batch_stats"])
     assert parity.relative_error(train["logits"], out["logits"]) <= parity.FLOAT32
-    import jax
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, updates["batch_stats"], stats)))
 
 

@@ -109,8 +109,9 @@ def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, ex
             first = bundle
             assert set(reference) == set(bundle.spec.taps)
             out = bundle.features(images, taps=list(reference))
-            for tap, ref in reference.items():
-                err = parity.relative_error(out[tap], ref)
+            errors = {tap: parity.relative_error(out[tap], ref) for tap, ref in reference.items()}
+            print(f"{arch} {images.shape[1]}px: worst relative error {max(errors.values()):.1e}")  # pytest -s
+            for tap, err in errors.items():
                 assert err <= parity.FLOAT32, f"{style} {tap}: relative error {err:.2e}"
         else:
             same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
@@ -158,3 +159,39 @@ def check_application(name: str, taps: dict, mode: str | None, images, tmp_path,
     check_styles(model, expected["arch"], styles, images, ref, tmp_path,
                  {"layout": "keras", "include_top": include_top, "num_classes": 1000 if include_top else 0,
                   **expected})
+
+
+def check_fresh_head(model, images, tmp_path, num_classes: int = 5) -> None:
+    """A headless Keras `model` loaded with a fresh head (`research.load(num_classes=...)`): bf16 features stay
+    within parity.BFLOAT16 of float32, and with every BatchNorm frozen a train-mode forward (batch statistics
+    updates asked for) gives the inference logits."""
+    import jax
+
+    import research
+    from research import parity, preprocess
+
+    path = tmp_path / "fresh_head.weights.h5"
+    model.save_weights(path)
+    bundle = research.load(path, num_classes=num_classes)
+    assert bundle.spec.num_classes == num_classes and not bundle.spec.include_top
+    taps = [bundle.spec.taps[-3], "logits"]
+    out = bundle.features(images, taps=taps)
+    low = bundle.features(images, taps=taps, dtype="bfloat16")
+    for tap in taps:
+        err = parity.relative_error(low[tap], out[tap])
+        assert err <= parity.BFLOAT16, f"bf16 {tap}: relative error {err:.2e}"
+    stats = bundle.variables["batch_stats"]
+    frozen = frozenset("/".join(k[:-1]) for k in _flat(stats) if k[-1] == "mean")
+    module = bundle.spec.build(frozen_bn=frozen)
+    x = preprocess.apply(bundle.preprocessing, images)
+    train, updates = module.apply(bundle.variables, x, train=True, taps=("logits",), mutable=["batch_stats"])
+    assert parity.relative_error(train["logits"], out["logits"]) <= parity.FLOAT32
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, updates["batch_stats"], stats)))
+
+
+def _flat(tree, prefix=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flat(v, prefix + (k,))
+        else:
+            yield prefix + (k,)

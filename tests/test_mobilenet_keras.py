@@ -1,71 +1,87 @@
-"""Keras MobileNet (v1) and MobileNetV2 (alpha 1.0): parity with Keras 3 (JAX backend) at every tap.
+"""Keras MobileNet (v1) and MobileNetV2 at every published width: parity with Keras 3 (JAX backend) at every tap.
 
-As tests/test_keras_parity.py: random weights and BatchNorm statistics, written as Keras 3 `.weights.h5` and a
-Keras-2-style `.h5`; both must convert to the same variables, and our forward must match Keras' at every tap.
+As tests/test_keras_parity.py: random weights and BatchNorm statistics, written in the file styles; all must
+convert to the same variables, and our forward must match Keras' at every tap. CI runs alpha 1.0 and the
+narrowest and widest other widths at 96 px; `-m full` runs every width at 224 px.
 112 px puts an odd (7x7) map before the last stride-2 block, where v1's ZeroPadding2D((0, 1), (0, 1)) and TF's
 SAME disagree.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import research
 from research.errors import UserError
+from research.models import mobilenet
 from tests import keras_files
 from tests.conftest import resize
 
 keras = pytest.importorskip("keras")
 
-# (keras.applications name, our arch, include_top, input size)
+# (keras.applications name, alpha, include_top, input size, file styles)
 CASES = [
-    ("MobileNet", "mobilenet_v1", True, 96),
-    ("MobileNet", "mobilenet_v1", False, 112),
-    ("MobileNetV2", "mobilenet_v2", True, 96),
-    ("MobileNetV2", "mobilenet_v2", False, 112),
+    ("MobileNet", 1.0, True, 96, ("weights.h5", "keras2_h5")),
+    ("MobileNet", 1.0, False, 112, ("weights.h5", "keras2_h5")),
+    ("MobileNetV2", 1.0, True, 96, ("weights.h5", "keras2_h5")),
+    ("MobileNetV2", 1.0, False, 112, ("weights.h5", "keras2_h5")),
+    ("MobileNet", 0.25, True, 96, ("legacy_h5",)),
+    ("MobileNet", 0.75, False, 96, ("keras",)),
+    ("MobileNetV2", 0.35, True, 96, ("keras2_h5",)),
+    ("MobileNetV2", 1.4, False, 96, ("legacy_h5",)),
 ]
-STYLES = ("weights.h5", "keras2_h5")
 
 # Our tap -> the Keras layer whose output it is (pre_logits: the GlobalAveragePooling2D layer, found by type).
 KERAS_TAPS = {
-    "mobilenet_v1": {"stem": "conv1_relu", "stage1": "conv_pw_1_relu", "stage2": "conv_pw_3_relu",
-                     "stage3": "conv_pw_5_relu", "stage4": "conv_pw_11_relu", "stage5": "conv_pw_13_relu"},
-    "mobilenet_v2": {"stem": "Conv1_relu", "stage1": "expanded_conv_project_BN", "stage2": "block_2_add",
-                     "stage3": "block_5_add", "stage4": "block_12_add", "stage5": "block_16_project_BN"},
+    "MobileNet": {"stem": "conv1_relu", "stage1": "conv_pw_1_relu", "stage2": "conv_pw_3_relu",
+                  "stage3": "conv_pw_5_relu", "stage4": "conv_pw_11_relu", "stage5": "conv_pw_13_relu"},
+    "MobileNetV2": {"stem": "Conv1_relu", "stage1": "expanded_conv_project_BN", "stage2": "block_2_add",
+                    "stage3": "block_5_add", "stage4": "block_12_add", "stage5": "block_16_project_BN"},
 }
 
 
-def keras_outputs(model, arch, images) -> dict[str, np.ndarray]:
-    from keras.applications import imagenet_utils
-    taps = dict(KERAS_TAPS[arch])
-    taps["pre_logits"] = next(layer.name for layer in model.layers
-                              if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-    if "predictions" in [layer.name for layer in model.layers]:
-        taps["logits"] = "predictions"
-    probe = keras.Model(model.input, [model.get_layer(layer).output for layer in taps.values()])
-    outputs = probe.predict(imagenet_utils.preprocess_input(images.astype("float32"), mode="tf"), verbose=0)
-    out = dict(zip(taps, outputs))
-    out["pre_logits"] = out["pre_logits"].reshape(len(images), -1)  # v1's top pools with keepdims
-    return out
+def arch_name(name: str, alpha: float) -> str:
+    return f"mobilenet_v{2 if name.endswith('V2') else 1}" + ("" if alpha == 1.0 else f"_{alpha}")
 
 
-@pytest.mark.parametrize("name,arch,include_top,size", CASES,
-                         ids=[f"{c[0]}-{'top' if c[2] else 'notop'}-{c[3]}px" for c in CASES])
-def test_matches_keras_at_every_tap(name, arch, include_top, size, photos, tmp_path):
-    model = getattr(keras.applications, name)(weights=None, include_top=include_top, input_shape=(size, size, 3),
-                                              pooling=None if include_top else "avg", classifier_activation=None)
-    keras_files.randomize(model, seed=len(name) + size)
-    images = resize(photos, size)
-    reference = keras_outputs(model, arch, images)
-
-    expected = {"arch": arch, "layout": "keras", "include_top": include_top,
-                "num_classes": 1000 if include_top else 0, "preprocessing": "tf"}
-    keras_files.check_styles(model, arch, STYLES, images, reference, tmp_path, expected)
+def check(name, alpha, include_top, size, styles, photos, tmp_path):
+    keras_files.check_application(name, KERAS_TAPS[name], "tf", resize(photos, size), tmp_path, styles,
+                                  {"arch": arch_name(name, alpha), "preprocessing": "tf"}, include_top=include_top,
+                                  seed=len(name) + size, alpha=alpha)
 
 
-def test_other_widths_are_refused(tmp_path):
-    model = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(96, 96, 3), alpha=0.5)
-    path = tmp_path / "mobilenet_v2_0.5.weights.h5"
+@pytest.mark.parametrize("name,alpha,include_top,size,styles", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{'top' if c[2] else 'notop'}-{c[3]}px" for c in CASES])
+def test_matches_keras_at_every_tap(name, alpha, include_top, size, styles, photos, tmp_path):
+    check(name, alpha, include_top, size, styles, photos, tmp_path)
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("name,alpha", [(n, a) for n, v in (("MobileNet", 1), ("MobileNetV2", 2))
+                                        for a in mobilenet.ALPHAS[v]])
+def test_every_width_at_224(name, alpha, photos, tmp_path):
+    check(name, alpha, True, 224, ("keras2_h5",), photos, tmp_path)
+
+
+@pytest.mark.full  # builds ten Keras models
+def test_widths_are_keras(photos):
+    """Our widths are Keras' at every alpha it publishes (the `_make_divisible` rounding included)."""
+    for arch, (version, alpha) in mobilenet.ARCHS.items():
+        name = "MobileNetV2" if version == 2 else "MobileNet"
+        model = getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(96, 96, 3),
+                                                  alpha=alpha)
+        ours = research.models.ModelSpec(arch, "keras", False, 0).build()
+        shapes = jax.eval_shape(lambda: ours.init(jax.random.key(0), jnp.zeros((1, 96, 96, 3))))
+        kernels = [leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(shapes["params"])[0]]
+        assert sum(np.prod(k) for k in kernels) + sum(
+            np.prod(v.shape) for v in jax.tree.leaves(shapes["batch_stats"])) == model.count_params(), arch
+
+
+def test_unpublished_width_is_refused(tmp_path):
+    model = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(96, 96, 3), alpha=0.6)
+    path = tmp_path / "mobilenet_v2_0.6.weights.h5"
     model.save_weights(path)
-    with pytest.raises(UserError, match="alpha 1.0"):
+    with pytest.raises(UserError, match="known alphas: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"):
         research.load(path)

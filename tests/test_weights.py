@@ -81,8 +81,8 @@ def test_hdf5_that_is_not_keras(tmp_path):
 
 
 def test_unsupported_keras_models_are_named(tmp_path):
-    with pytest.raises(UserError, match="ResNetV2"):
-        keras_source.detect({"conv1_conv": [], "post_bn": []}, "r50v2.h5")
+    with pytest.raises(UserError, match="a Keras ResNetV2 with"):
+        keras_source.detect({"conv1_conv": [], "conv2_block1_preact_bn": [], "post_bn": []}, "r50v2.h5")
     with pytest.raises(UserError, match="not a Keras ResNet50/101/152 or VGG16/19"):
         keras_source.detect({"stem_conv": [], "top_conv": []}, "effnet.h5")
 

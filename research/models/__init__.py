@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import efficientnet, mobilenet, registry, resnet, vgg
+from research.models import densenet, efficientnet, mobilenet, registry, resnet, resnet_v2, vgg
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -21,6 +21,8 @@ registry.register(resnet.FAMILY)
 registry.register(vgg.FAMILY)
 registry.register(efficientnet.FAMILY)
 registry.register(mobilenet.FAMILY)
+registry.register(resnet_v2.FAMILY)
+registry.register(densenet.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,3 +88,13 @@ def mobile_partials(dtype: Any, train: bool, bn, frozen_bn: frozenset):
         conv = functools.partial(conv, conv_general_dilated=functools.partial(
             lowering.conv_general_dilated, preferred_element_type=jnp.float32))
     return conv, layers.norm_partial(jnp.float32, train, **bn, frozen=frozen_bn)
+
+
+class BNReLU(nn.Module):
+    """BatchNorm then ReLU (param `bn`): the final norm of pre-activation nets (ResNetV2's `post_bn`, DenseNet's
+    `bn`), whose blocks end unnormalised."""
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(self.norm(name="bn")(x))

@@ -1,4 +1,10 @@
-"""MobileNet (v1) and MobileNetV2 as keras.applications builds them, width multiplier alpha = 1.0 only.
+"""MobileNet (v1) and MobileNetV2 as keras.applications builds them, at every width Keras ships weights for.
+
+Archs: `mobilenet_v1` and `mobilenet_v2` are alpha 1.0; other widths append alpha: `mobilenet_v1_{0.25,0.5,0.75}`,
+`mobilenet_v2_{0.35,0.5,0.75,1.3,1.4}`. Widths as Keras computes them: v1 `int(channels * alpha)`; v2 the stem
+`_make_divisible(32 * alpha, 8)`, each block's projection `_make_divisible(int(channels * alpha), 8)` (nearest
+multiple of 8, at least 8, never more than 10% down), the expansion 6x the block's input, and the 1x1 conv to 1280
+scaled only for alpha > 1.
 
 Both: ReLU6 throughout, no conv biases, BatchNorm epsilon 1e-3 (v1 with Keras' default momentum 0.99, v2 with
 0.999), input scaled to [-1, 1] (Keras' "tf" preprocessing).
@@ -38,21 +44,39 @@ V1_STAGES = (((64, 1),), ((128, 2), (128, 1)), ((256, 2), (256, 1)), ((512, 2),)
 V2_STAGES = (((1, 16, 1),), ((6, 24, 2), (6, 24, 1)), ((6, 32, 2), (6, 32, 1), (6, 32, 1)),
              ((6, 64, 2),) + ((6, 64, 1),) * 3 + ((6, 96, 1),) * 3,
              ((6, 160, 2), (6, 160, 1), (6, 160, 1), (6, 320, 1)))
-VARIANTS = {"mobilenet_v1": V1_STAGES, "mobilenet_v2": V2_STAGES}
+STAGES = {1: V1_STAGES, 2: V2_STAGES}
 # Keras' first block id of each version: v1 counts from 1 (conv_dw_1), v2 from 0 (expanded_conv, then block_1).
-FIRST_BLOCK_ID = {"mobilenet_v1": 1, "mobilenet_v2": 0}
+FIRST_BLOCK_ID = {1: 1, 2: 0}
 STEM_FEATURES = 32
 TOP_FEATURES = 1280  # v2's Conv_1
 V1_DROPOUT = 1e-3  # Keras' default before conv_preds, in training
+# The widths Keras publishes ImageNet weights for, per version; arch names: mobilenet_v{version}[_{alpha}].
+ALPHAS = {1: (0.25, 0.5, 0.75, 1.0), 2: (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+ARCHS = {f"mobilenet_v{v}" + ("" if a == 1.0 else f"_{a}"): (v, a) for v, alphas in ALPHAS.items() for a in alphas}
 
-BN_SETTINGS = {"mobilenet_v1": dict(epsilon=1e-3, momentum=0.99),
-               "mobilenet_v2": dict(epsilon=1e-3, momentum=0.999)}
+BN_SETTINGS = {1: dict(epsilon=1e-3, momentum=0.99), 2: dict(epsilon=1e-3, momentum=0.999)}
 
 
-def keras_blocks(arch: str):
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Keras' `_make_divisible`: the nearest multiple of `divisor` (at least `divisor`), never below 90%."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def widths(version: int, alpha: float):
+    """(stem features, per stage the block args with alpha applied, v2's top features or None)."""
+    if version == 1:
+        stages = tuple(tuple((int(f * alpha), s) for f, s in stage) for stage in V1_STAGES)
+        return int(STEM_FEATURES * alpha), stages, None
+    stages = tuple(tuple((e, make_divisible(int(f * alpha)), s) for e, f, s in stage) for stage in V2_STAGES)
+    top = make_divisible(TOP_FEATURES * alpha) if alpha > 1.0 else TOP_FEATURES
+    return make_divisible(STEM_FEATURES * alpha), stages, top
+
+
+def keras_blocks(version: int):
     """(Keras block id, stage, block within the stage), both 1-based, of each block in order."""
-    block_id = FIRST_BLOCK_ID[arch]
-    for s, stage in enumerate(VARIANTS[arch], start=1):
+    block_id = FIRST_BLOCK_ID[version]
+    for s, stage in enumerate(STAGES[version], start=1):
         for j in range(1, len(stage) + 1):
             yield block_id, s, j
             block_id += 1
@@ -97,82 +121,89 @@ class Stage(nn.Module):
 class MobileNet(nn.Module):
     """Returns a dict of the requested taps; computes nothing past the deepest one. In training, v1's head dropout
     needs a `dropout` rng."""
-    arch: str = "mobilenet_v2"
-    layout: str = "keras"
+    version: int = 2
+    alpha: float = 1.0
     num_classes: int = 1000
     dtype: Any = jnp.float32
     frozen_bn: frozenset = frozenset()  # BatchNorm paths kept in inference mode when training
 
     @nn.compact
     def __call__(self, x, train: bool = False, taps: Sequence[str] = ("logits",)):
-        version = 1 if self.arch == "mobilenet_v1" else 2
-        conv, norm = mobile_partials(self.dtype, train, BN_SETTINGS[self.arch], self.frozen_bn)
+        version = self.version
+        conv, norm = mobile_partials(self.dtype, train, BN_SETTINGS[version], self.frozen_bn)
         got = TapCollector(taps)
+        stem, stages, top = widths(version, self.alpha)
 
-        x = ConvBN(STEM_FEATURES, 3, 2, "same", conv, norm, name="stem")(x.astype(self.dtype))
+        x = ConvBN(stem, 3, 2, "same", conv, norm, name="stem")(x.astype(self.dtype))
         if got.add("stem", x):
             return got.out
-        for s, blocks in enumerate(VARIANTS[self.arch], start=1):
+        for s, blocks in enumerate(stages, start=1):
             x = Stage(blocks, version, conv, norm, name=f"stage{s}")(x)
             if got.add(f"stage{s}", x):
                 return got.out
         if version == 2:
-            x = ConvBN(TOP_FEATURES, 1, 1, "symmetric", conv, norm, name="top")(x)
+            x = ConvBN(top, 1, 1, "symmetric", conv, norm, name="top")(x)
         return heads.pooled_logits(got, x, self.num_classes, self.dtype, train, V1_DROPOUT if version == 1 else 0.0)
 
 
 # Keras' MobileNet layer names, by the Keras block id `i` (v1 from 1, v2 from 0; v2's block 0 is
 # `expanded_conv`, prefix `p`): layer -> (our module within the block, kind).
 KERAS_BLOCK_NAMES = {
-    "mobilenet_v1": {"conv_dw_{i}": ("depthwise_conv", "depthwise"), "conv_dw_{i}_bn": ("depthwise_bn", "bn"),
+    1: {"conv_dw_{i}": ("depthwise_conv", "depthwise"), "conv_dw_{i}_bn": ("depthwise_bn", "bn"),
                      "conv_pw_{i}": ("pointwise_conv", "conv"), "conv_pw_{i}_bn": ("pointwise_bn", "bn")},
-    "mobilenet_v2": {"{p}_expand": ("expand_conv", "conv"), "{p}_expand_BN": ("expand_bn", "bn"),
+    2: {"{p}_expand": ("expand_conv", "conv"), "{p}_expand_BN": ("expand_bn", "bn"),
                      "{p}_depthwise": ("depthwise_conv", "depthwise"), "{p}_depthwise_BN": ("depthwise_bn", "bn"),
                      "{p}_project": ("project_conv", "conv"), "{p}_project_BN": ("project_bn", "bn")},
 }
 # v1's `conv_preds` is a 1x1 conv with bias on a 1x1 map, converted to a dense layer (`conv_dense`).
 KERAS_OTHER_NAMES = {
-    "mobilenet_v1": {"conv1": ("stem/conv", "conv"), "conv1_bn": ("stem/bn", "bn"),
+    1: {"conv1": ("stem/conv", "conv"), "conv1_bn": ("stem/bn", "bn"),
                      "conv_preds": ("head/fc", "conv_dense")},
-    "mobilenet_v2": {"Conv1": ("stem/conv", "conv"), "bn_Conv1": ("stem/bn", "bn"), "Conv_1": ("top/conv", "conv"),
+    2: {"Conv1": ("stem/conv", "conv"), "bn_Conv1": ("stem/bn", "bn"), "Conv_1": ("top/conv", "conv"),
                      "Conv_1_bn": ("top/bn", "bn"), "predictions": ("head/fc", "dense")},
 }
-# Alpha 1.0 only: (a layer only this version has, layers whose output channels alpha scales, and their width).
-KERAS_WIDTHS = {"mobilenet_v1": ("conv_dw_1", {"conv1": 32, "conv_pw_13": 1024}),
-                "mobilenet_v2": ("block_1_expand", {"Conv1": 32, "block_16_project": 320})}
+# Per version: a layer only it has, and the layers whose output channels tell the widths apart (v2's stem is 16
+# at both 0.35 and 0.5).
+KERAS_WIDTH_LAYERS = {1: ("conv_dw_1", ("conv1", "conv_pw_13")), 2: ("block_1_expand", ("Conv1", "block_16_project"))}
+
+
+def keras_widths(version: int, alpha: float) -> dict[str, int]:
+    stem, stages, _top = widths(version, alpha)
+    return dict(zip(KERAS_WIDTH_LAYERS[version][1], (stem, stages[-1][-1][-2 if version == 2 else 0])))
 
 
 def keras_names(arch: str) -> dict[str, tuple[str, str]]:
-    table = dict(KERAS_OTHER_NAMES[arch])
-    for i, stage, block in keras_blocks(arch):
+    version = ARCHS[arch][0]
+    table = dict(KERAS_OTHER_NAMES[version])
+    for i, stage, block in keras_blocks(version):
         prefix = f"block_{i}" if i else "expanded_conv"
-        for name, (module, kind) in KERAS_BLOCK_NAMES[arch].items():
+        for name, (module, kind) in KERAS_BLOCK_NAMES[version].items():
             table[name.format(i=i, p=prefix)] = (f"stage{stage}/block{block}/{module}", kind)
     return table
 
 
 def detect_keras(layers: dict) -> str | None:
-    arch = next((a for a, (mark, _) in KERAS_WIDTHS.items() if mark in layers), None)
-    if arch is None:
+    version = next((v for v, (mark, _) in KERAS_WIDTH_LAYERS.items() if mark in layers), None)
+    if version is None:
         return None
-    widths = KERAS_WIDTHS[arch][1]
-    got = {name: layers[name][0].shape[-1] if name in layers else None for name in widths}
-    if got != widths:
-        raise UserError(f"a Keras {arch} file of another width (output channels {got}, expected {widths}); "
-                        "only alpha 1.0 is supported")
+    got = {name: layers[name][0].shape[-1] if name in layers else None for name in KERAS_WIDTH_LAYERS[version][1]}
+    arch = next((a for a, (v, alpha) in ARCHS.items() if v == version and keras_widths(v, alpha) == got), None)
+    if arch is None:
+        raise UserError(f"a Keras MobileNet v{version} of a width Keras publishes no weights for (output channels "
+                        f"{got}); known alphas: {', '.join(map(str, ALPHAS[version]))}")
     return arch
 
 
 def build(spec, config, **common):
-    return MobileNet(spec.arch, spec.layout, **common)
+    return MobileNet(*config, **common)
 
 
 FAMILY = Family(
     name="mobilenet",
-    archs={arch: Arch(stages, ("keras",), bn=BN_SETTINGS[arch]) for arch, stages in VARIANTS.items()},
+    archs={arch: Arch(config, ("keras",), bn=BN_SETTINGS[config[0]]) for arch, config in ARCHS.items()},
     build=build,
     taps=TAPS,
     modules=("stem", *(f"stage{i}" for i in range(1, 6)), "top", "head"),  # only v2 has `top`
     top_block="stage5",
-    sources={"keras": Source("tf", keras_names, detect_keras, "MobileNet/MobileNetV2")},
+    sources={"keras": Source("tf", keras_names, detect_keras, "MobileNet/MobileNetV2 (every Keras alpha)")},
 )

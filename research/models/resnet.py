@@ -172,13 +172,12 @@ def names(source: str, arch: str) -> dict[str, tuple[str, str]]:
 
 def detect_keras(layers: dict) -> str | None:
     names = set(layers)
-    # ResNetV2 shares conv1_conv and the conv{g}_block{n}_{k}_conv names; refused here until it is a family.
-    if "post_bn" in names or "conv2_block1_preact_bn" in names:
-        raise UserError("a Keras ResNetV2 file; only ResNet v1 (ResNet50/101/152) is supported")
+    if "conv2_block1_preact_bn" in names:  # ResNetV2 (research/models/resnet_v2.py) shares the other names
+        return None
     if "res2a_branch2a" in names:
         raise UserError("the 2016 Keras ResNet50 file (res2a_branch2a names, BN epsilon 1e-3, an unpadded "
                         "max-pool), which differs from keras.applications' current ResNet50; use the current file")
-    if "conv1_conv" not in names or "conv2_block1_1_conv" not in names:
+    if "conv1_conv" not in names or "conv2_block1_3_conv" not in names:  # DenseNet has conv2_block1_1_conv too
         return None
     blocks = sum(bool(re.fullmatch(r"conv4_block\d+_1_conv", n)) for n in names)
     if blocks not in KERAS_BLOCKS_IN_CONV4:

@@ -20,10 +20,16 @@ def randomize(model, seed: int = 0) -> None:
         weights = layer.get_weights()
         if not weights:
             continue
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = weights[0].shape
-            new = [rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
-                   rng.uniform(0.5, 2.0, shape)]
+        if isinstance(layer, keras.layers.BatchNormalization):  # gamma only where it has a scale
+            draws = {"gamma": lambda s: rng.uniform(0.5, 1.5, s), "beta": lambda s: rng.normal(0, 0.2, s),
+                     "moving_mean": lambda s: rng.normal(0, 0.2, s),
+                     "moving_variance": lambda s: rng.uniform(0.5, 2.0, s)}
+            new = [draws[v.name](tuple(v.shape)) for v in layer.weights]
+        elif isinstance(layer, keras.layers.SeparableConv2D):  # He-scaled per kernel: k*k fan-in, then C
+            depthwise, pointwise, *rest = weights
+            new = [rng.normal(0, (2 / np.prod(depthwise.shape[:2])) ** 0.5, depthwise.shape),
+                   rng.normal(0, (2 / pointwise.shape[2]) ** 0.5, pointwise.shape)]
+            new += [rng.normal(0, 0.1, b.shape) for b in rest]
         elif isinstance(layer, keras.layers.LayerNormalization):
             new = [rng.uniform(0.5, 1.5, w.shape) if i == 0 else rng.normal(0, 0.2, w.shape)
                    for i, w in enumerate(weights)]

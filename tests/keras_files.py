@@ -124,6 +124,11 @@ def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, ex
         path.unlink()
 
 
+def producer(model, layer: str) -> str:
+    """The name of the layer whose output `layer` reads: how tests find Keras' automatically named layers."""
+    return model.get_layer(layer).input._keras_history.operation.name
+
+
 def reference(model, taps: dict, images, mode: str | None) -> dict[str, np.ndarray]:
     """Keras' outputs at `taps` ({our tap: Keras layer name}) for uint8 `images`, preprocessed by
     `preprocess_input(mode=...)` (None: raw 0-255 floats, for models that normalise inside). `pre_logits`, if
@@ -164,3 +169,44 @@ def check_application(name: str, taps: dict, mode: str | None, images, tmp_path,
     check_styles(model, expected["arch"], styles, images, ref, tmp_path,
                  {"layout": "keras", "include_top": include_top, "num_classes": 1000 if include_top else 0,
                   **expected})
+
+
+def check_fine_tuning(model, images, tmp_path) -> None:
+    """A (randomised, headless) Keras `model` loaded with a fresh 5-class head: the head works; bf16 features stay
+    within `parity.BFLOAT16` of float32 at every tap; a training forward with the `top_block` preset's frozen
+    BatchNorms leaves their statistics bit-identical and every tap below the top block as in inference, while
+    the top block's BatchNorms update."""
+    import jax
+    from flax import traverse_util
+
+    import research
+    from research import parity, preprocess
+    from research.train import freeze
+
+    path = tmp_path / "fine_tuning.weights.h5"
+    model.save_weights(path)
+    bundle = research.load(path, num_classes=5)
+    taps = list(bundle.spec.taps)
+    ref = bundle.features(images, taps=taps)
+    assert ref["logits"].shape == (len(images), 5)
+    half = bundle.features(images, taps=taps, dtype="bfloat16")
+    for tap in taps:
+        err = parity.relative_error(half[tap], ref[tap])
+        assert err <= parity.BFLOAT16, f"bf16 {tap}: relative error {err:.2e}"
+
+    record = bundle.spec.record
+    plan = freeze.plan("top_block", record.name, bundle.variables["params"])
+    stats = traverse_util.flatten_dict(bundle.variables["batch_stats"], sep="/")
+    frozen = plan.frozen_bn(stats)
+    net = bundle.spec.build(frozen_bn=frozen)
+    x = preprocess.apply(bundle.preprocessing, images)
+    out, updates = jax.jit(lambda v, x: net.apply(v, x, train=True, taps=taps, mutable=["batch_stats"]))(
+        bundle.variables, x)
+    new = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+    for path_, value in stats.items():
+        changed = not np.array_equal(np.asarray(new[path_]), value)
+        assert changed != (path_.rsplit("/", 1)[0] in frozen), path_
+    for tap in taps[:taps.index(record.top_block)]:
+        err = parity.relative_error(out[tap], ref[tap])
+        assert err <= parity.FLOAT32, f"train-mode {tap} with frozen BatchNorm: relative error {err:.2e}"
+    path.unlink()

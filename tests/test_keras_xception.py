@@ -17,13 +17,9 @@ keras = pytest.importorskip("keras")
 CASES = [(True, 71, ("keras2_h5", "weights.h5")), (False, 96, ("legacy_h5", "keras"))]
 
 
-def producer(model, layer: str) -> str:
-    """The name of the layer whose output `layer` reads (Keras names the shortcut additions automatically)."""
-    return model.get_layer(layer).input._keras_history.operation.name
-
-
 def keras_taps(model) -> dict[str, str]:
     """Our tap -> the Keras layer whose output it is: each stage ends where the next block's ReLU begins."""
+    producer = keras_files.producer  # Keras names the shortcut additions automatically
     return {"stem": "block1_conv2_act", "stage1": producer(model, "block3_sepconv1_act"),
             "stage2": producer(model, "block4_sepconv1_act"), "stage3": producer(model, "block13_sepconv1_act"),
             "stage4": "block14_sepconv2_act"}

@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import efficientnet, mobilenet, registry, resnet, vgg, xception
+from research.models import efficientnet, inception, mobilenet, registry, resnet, vgg, xception
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -22,6 +22,7 @@ registry.register(vgg.FAMILY)
 registry.register(efficientnet.FAMILY)
 registry.register(mobilenet.FAMILY)
 registry.register(xception.FAMILY)
+registry.register(inception.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,10 @@ keras = pytest.importorskip("keras")
 CASES = [
     ("InceptionV3", "inception_v3", True, 75, ("keras2_h5", "weights.h5")),
     ("InceptionV3", "inception_v3", False, 96, ("legacy_h5", "keras")),
+    ("InceptionResNetV2", "inception_resnet_v2", True, 75, ("keras2_h5", "legacy_h5")),
+    ("InceptionResNetV2", "inception_resnet_v2", False, 75, ("weights.h5", "keras")),
 ]
-FULL = [("InceptionV3", "inception_v3")]
+FULL = [("InceptionV3", "inception_v3"), ("InceptionResNetV2", "inception_resnet_v2")]
 
 
 def keras_taps(model) -> dict[str, str]:

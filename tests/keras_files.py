@@ -95,15 +95,16 @@ def suffix(style: str) -> str:
     return {"weights.h5": ".weights.h5", "keras": ".keras"}.get(style, ".h5")
 
 
-def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, expected: dict) -> None:
+def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, expected: dict) -> float:
     """Writes `model` in each style and loads it back: every style must give the spec fields in `expected` and
-    the same variables as the first, and the first must match Keras' `reference` outputs at every tap."""
+    the same variables as the first, and the first must match Keras' `reference` outputs at every tap. Returns
+    the worst relative error over the taps."""
     import jax
 
     import research
     from research import parity
 
-    first = None
+    first, worst = None, 0.0
     for style in styles:
         path = tmp_path / f"{arch}_{style.replace('.', '_')}{suffix(style)}"
         write(model, path, style)
@@ -118,10 +119,12 @@ def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, ex
             for tap, ref in reference.items():
                 err = parity.relative_error(out[tap], ref)
                 assert err <= parity.FLOAT32, f"{style} {tap}: relative error {err:.2e}"
+                worst = max(worst, err)
         else:
             same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
             assert all(jax.tree.leaves(same)), f"{style} converts differently from {styles[0]}"
         path.unlink()
+    return worst
 
 
 def producer(model, layer: str) -> str:

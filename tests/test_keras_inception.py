@@ -7,6 +7,8 @@ the default 299 px: `python -m pytest -m full tests/test_keras_inception.py`.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from research.models.registry import keras_auto_names
@@ -51,9 +53,10 @@ def check(name, arch, include_top, size, styles, photos, tmp_path):
     reference = keras_files.reference(model, keras_taps(model), images, "tf")
     expected = {"arch": arch, "layout": "keras", "include_top": include_top,
                 "num_classes": 1000 if include_top else 0, "preprocessing": "tf"}
-    keras_files.check_styles(model, arch, styles, images, reference, tmp_path, expected)
+    worst = keras_files.check_styles(model, arch, styles, images, reference, tmp_path, expected)
     if not include_top:
         keras_files.check_fine_tuning(model, images, tmp_path)
+    return worst
 
 
 @pytest.mark.parametrize("name,arch,include_top,size,styles", CASES,
@@ -65,7 +68,9 @@ def test_matches_keras_at_every_tap(name, arch, include_top, size, styles, photo
 @pytest.mark.full
 @pytest.mark.parametrize("name,arch", FULL)
 def test_matches_keras_at_default_size(name, arch, photos, tmp_path):
-    check(name, arch, True, 299, ("keras2_h5",), photos, tmp_path)
+    start = time.perf_counter()
+    worst = check(name, arch, True, 299, ("keras2_h5",), photos, tmp_path)
+    print(f"\n{arch} 299 px: worst relative error {worst:.1e}, {time.perf_counter() - start:.0f} s")
 
 
 def test_automatic_names_are_matched_in_creation_order():

@@ -29,7 +29,6 @@ Param paths: units are `conv{k}`, `bn{k}` within their module (the split ones `c
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -248,7 +247,8 @@ def keras_units(network: Network):
     """(conv path, bn path) of every unit that Keras builds without a name, in creation order."""
     groups = [("stem", STEM), ("stage1", STAGE1)]
     for s, (_pool, blocks) in enumerate(network.stages, start=2):
-        groups += [(f"stage{s}/{name}/{branch}", units) for name, block in blocks for branch, _, units in block.branches]
+        groups += [(f"stage{s}/{name}/{branch}", units)
+                   for name, block in blocks for branch, _, units in block.branches]
     for path, units in groups:
         for suffix, _ in unit_names(units):
             yield f"{path}/conv{suffix}", f"{path}/bn{suffix}"

@@ -20,10 +20,16 @@ def randomize(model, seed: int = 0) -> None:
         weights = layer.get_weights()
         if not weights:
             continue
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = weights[0].shape
-            new = [rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
-                   rng.uniform(0.5, 2.0, shape)]
+        if isinstance(layer, keras.layers.BatchNormalization):  # gamma only where it has a scale
+            draws = {"gamma": lambda s: rng.uniform(0.5, 1.5, s), "beta": lambda s: rng.normal(0, 0.2, s),
+                     "moving_mean": lambda s: rng.normal(0, 0.2, s),
+                     "moving_variance": lambda s: rng.uniform(0.5, 2.0, s)}
+            new = [draws[v.name](tuple(v.shape)) for v in layer.weights]
+        elif isinstance(layer, keras.layers.SeparableConv2D):  # He-scaled per kernel: k*k fan-in, then C
+            depthwise, pointwise, *rest = weights
+            new = [rng.normal(0, (2 / np.prod(depthwise.shape[:2])) ** 0.5, depthwise.shape),
+                   rng.normal(0, (2 / pointwise.shape[2]) ** 0.5, pointwise.shape)]
+            new += [rng.normal(0, 0.1, b.shape) for b in rest]
         elif isinstance(layer, keras.layers.LayerNormalization):
             new = [rng.uniform(0.5, 1.5, w.shape) if i == 0 else rng.normal(0, 0.2, w.shape)
                    for i, w in enumerate(weights)]
@@ -89,15 +95,16 @@ def suffix(style: str) -> str:
     return {"weights.h5": ".weights.h5", "keras": ".keras"}.get(style, ".h5")
 
 
-def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, expected: dict) -> None:
+def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, expected: dict) -> float:
     """Writes `model` in each style and loads it back: every style must give the spec fields in `expected` and
-    the same variables as the first, and the first must match Keras' `reference` outputs at every tap."""
+    the same variables as the first, and the first must match Keras' `reference` outputs at every tap. Returns
+    the worst relative error over the taps."""
     import jax
 
     import research
     from research import parity
 
-    first = None
+    first, worst = None, 0.0
     for style in styles:
         path = tmp_path / f"{arch}_{style.replace('.', '_')}{suffix(style)}"
         write(model, path, style)
@@ -113,10 +120,17 @@ def check_styles(model, arch: str, styles, images, reference: dict, tmp_path, ex
             print(f"{arch} {images.shape[1]}px: worst relative error {max(errors.values()):.1e}")  # pytest -s
             for tap, err in errors.items():
                 assert err <= parity.FLOAT32, f"{style} {tap}: relative error {err:.2e}"
+                worst = max(worst, err)
         else:
             same = jax.tree.map(np.array_equal, bundle.variables, first.variables)
             assert all(jax.tree.leaves(same)), f"{style} converts differently from {styles[0]}"
         path.unlink()
+    return worst
+
+
+def producer(model, layer: str) -> str:
+    """The name of the layer whose output `layer` reads: how tests find Keras' automatically named layers."""
+    return model.get_layer(layer).input._keras_history.operation.name
 
 
 def reference(model, taps: dict, images, mode: str | None) -> dict[str, np.ndarray]:
@@ -195,3 +209,44 @@ def _flat(tree, prefix=()):
             yield from _flat(v, prefix + (k,))
         else:
             yield prefix + (k,)
+
+
+def check_fine_tuning(model, images, tmp_path) -> None:
+    """A (randomised, headless) Keras `model` loaded with a fresh 5-class head: the head works; bf16 features stay
+    within `parity.BFLOAT16` of float32 at every tap; a training forward with the `top_block` preset's frozen
+    BatchNorms leaves their statistics bit-identical and every tap below the top block as in inference, while
+    the top block's BatchNorms update."""
+    import jax
+    from flax import traverse_util
+
+    import research
+    from research import parity, preprocess
+    from research.train import freeze
+
+    path = tmp_path / "fine_tuning.weights.h5"
+    model.save_weights(path)
+    bundle = research.load(path, num_classes=5)
+    taps = list(bundle.spec.taps)
+    ref = bundle.features(images, taps=taps)
+    assert ref["logits"].shape == (len(images), 5)
+    half = bundle.features(images, taps=taps, dtype="bfloat16")
+    for tap in taps:
+        err = parity.relative_error(half[tap], ref[tap])
+        assert err <= parity.BFLOAT16, f"bf16 {tap}: relative error {err:.2e}"
+
+    record = bundle.spec.record
+    plan = freeze.plan("top_block", record.name, bundle.variables["params"])
+    stats = traverse_util.flatten_dict(bundle.variables["batch_stats"], sep="/")
+    frozen = plan.frozen_bn(stats)
+    net = bundle.spec.build(frozen_bn=frozen)
+    x = preprocess.apply(bundle.preprocessing, images)
+    out, updates = jax.jit(lambda v, x: net.apply(v, x, train=True, taps=taps, mutable=["batch_stats"]))(
+        bundle.variables, x)
+    new = traverse_util.flatten_dict(updates["batch_stats"], sep="/")
+    for path_, value in stats.items():
+        changed = not np.array_equal(np.asarray(new[path_]), value)
+        assert changed != (path_.rsplit("/", 1)[0] in frozen), path_
+    for tap in taps[:taps.index(record.top_block)]:
+        err = parity.relative_error(out[tap], ref[tap])
+        assert err <= parity.FLOAT32, f"train-mode {tap} with frozen BatchNorm: relative error {err:.2e}"
+    path.unlink()

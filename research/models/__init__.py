@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import densenet, efficientnet, mobilenet, registry, resnet, resnet_v2, vgg
+from research.models import densenet, efficientnet, inception, mobilenet, registry, resnet, resnet_v2, vgg, xception
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -23,6 +23,8 @@ registry.register(efficientnet.FAMILY)
 registry.register(mobilenet.FAMILY)
 registry.register(resnet_v2.FAMILY)
 registry.register(densenet.FAMILY)
+registry.register(xception.FAMILY)
+registry.register(inception.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ family's name.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping
 
 from research.errors import UserError
@@ -38,6 +39,24 @@ class Source:
     detect: Callable[[dict], str | None]  # the file's {layer: tensors} -> arch, or None if not this family's;
     # a UserError (without the path) for a file of this family that is not supported
     describes: str  # the files `detect` knows, in the error that lists them: "ResNet50/101/152"
+    # the file's {layer: tensors} -> {file layer: its name in `names`}, where the file's names vary from file to
+    # file (Keras' automatic layer names, see `keras_auto_names`); None: the names are the file's own
+    canonical_names: Callable[[dict], dict] | None = None
+
+
+def keras_auto_names(layers, prefixes) -> dict[str, str]:
+    """{file layer: canonical name}: Keras' automatic names (`conv2d`, `conv2d_57`, ...; layers built without a
+    `name`) renumbered `{prefix}_1`, `{prefix}_2`, ... in the order they were created, every other name kept.
+
+    Keras numbers these per session: the official Keras 2 files count from `conv2d_1`, a fresh Keras 3 session
+    from `conv2d`, and a model built after another one from wherever that one stopped. The creation order is the
+    order of the numbers, and the canonical names are those of the official Keras 2 files."""
+    out = {name: name for name in layers}
+    for prefix in prefixes:
+        numbered = sorted((int(m.group(1) or 0), name) for name in layers
+                          if (m := re.fullmatch(rf"{re.escape(prefix)}(?:_(\d+))?", name)))
+        out.update({name: f"{prefix}_{i}" for i, (_, name) in enumerate(numbered, start=1)})
+    return out
 
 
 def _never(_spec) -> bool:

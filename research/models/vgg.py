@@ -111,7 +111,7 @@ def torchvision_names(arch: str) -> dict[str, tuple[str, str]]:
 
 
 def detect_keras(layers: dict) -> str | None:
-    if "block1_conv1" not in layers:
+    if "block1_conv1" not in layers or "block5_conv1" not in layers:  # Xception has a block1_conv1 too
         return None
     return "vgg19" if "block5_conv4" in layers else "vgg16"
 

@@ -50,6 +50,16 @@ def depthwise_leaves(path: str, kernel) -> dict:
     return {_leaf(path, "params", "kernel"): kernel.reshape(k1, k2, 1, channels)}
 
 
+def bn_noscale_leaves(path: str, bias, mean, var) -> dict:
+    """A BatchNorm without its scale (Keras' `scale=False`: beta, mean, variance)."""
+    return {_leaf(path, col, name): value for (col, name), value in zip(BN_LEAVES[1:], (bias, mean, var))}
+
+
+def separable_leaves(path: str, depthwise, pointwise, bias=None) -> dict:
+    """Keras' SeparableConv2D as two convs, `{path}/depthwise` (grouped) and `{path}/pointwise` (1x1, the bias)."""
+    return {**depthwise_leaves(f"{path}/depthwise", depthwise), **conv_leaves(f"{path}/pointwise", pointwise, bias)}
+
+
 def conv_dense_leaves(path: str, kernel, bias) -> dict:
     """A 1x1 conv with bias applied to a 1x1 map (Keras MobileNet's `conv_preds`) as a dense layer."""
     return dense_leaves(path, kernel.reshape(-1, kernel.shape[-1]), bias)
@@ -57,7 +67,8 @@ def conv_dense_leaves(path: str, kernel, bias) -> dict:
 
 # Leaf builders by kind, and how many tensors each takes (in the source's order).
 KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,)),
-         "depthwise": (depthwise_leaves, (1,)), "conv_dense": (conv_dense_leaves, (2,))}
+         "depthwise": (depthwise_leaves, (1,)), "conv_dense": (conv_dense_leaves, (2,)),
+         "bn_noscale": (bn_noscale_leaves, (3,)), "separable": (separable_leaves, (2, 3))}
 
 
 def leaves(kind: str, path: str, tensors, where: str) -> dict:
@@ -75,8 +86,14 @@ def identify(source: str, contents: dict, path, head_width) -> tuple[ModelSpec, 
     if found is None:
         return None
     family, arch = found
-    table = family.sources[source].names(arch)
-    width = head_width(next(src for src, (dst, _kind) in table.items() if dst == f"{registry.HEAD}/fc"))
+    reader = family.sources[source]
+    table = reader.names(arch)
+    head = next(src for src, (dst, _kind) in table.items() if dst == f"{registry.HEAD}/fc")
+    if reader.canonical_names is not None:  # the table keyed by the file's own names
+        names = reader.canonical_names(contents)
+        table = {name: table[canonical] for name, canonical in names.items() if canonical in table}
+        head = next((name for name, canonical in names.items() if canonical == head), head)
+    width = head_width(head)
     return ModelSpec(arch, source, width is not None, width or 0), table
 
 

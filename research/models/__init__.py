@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import efficientnet, mobilenet, registry, resnet, vgg
+from research.models import efficientnet, efficientnet_v2, mobilenet, registry, resnet, vgg
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -21,6 +21,7 @@ registry.register(resnet.FAMILY)
 registry.register(vgg.FAMILY)
 registry.register(efficientnet.FAMILY)
 registry.register(mobilenet.FAMILY)
+registry.register(efficientnet_v2.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class ModelSpec:
     def taps(self) -> tuple[str, ...]:
         """The taps this model has, shallowest first."""
         record = self.record
-        taps = tuple(t for t in record.taps if t != "logits" and (self.include_top or t not in record.top_taps))
+        taps = tuple(t for t in record.archs[self.arch].taps or record.taps if t != "logits" and (self.include_top or t not in record.top_taps))
         return taps + (("logits",) if self.num_classes else ())
 
     @property

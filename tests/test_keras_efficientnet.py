@@ -29,14 +29,15 @@ CASES = [
     ("EfficientNetV2B0", "efficientnet_v2_b0", True, 64, ("keras", "legacy_h5")),
     ("EfficientNetV2B0", "efficientnet_v2_b0", False, 72, ("keras2_h5", "weights.h5")),
 ]
-FULL = [("EfficientNetB1", "efficientnet_b1"), ("EfficientNetB2", "efficientnet_b2"),
-        ("EfficientNetB3", "efficientnet_b3"), ("EfficientNetB4", "efficientnet_b4"),
-        ("EfficientNetB5", "efficientnet_b5"), ("EfficientNetB6", "efficientnet_b6"),
-        ("EfficientNetB7", "efficientnet_b7"), ("EfficientNetB0", "efficientnet_b0"),
-        ("EfficientNetV2B0", "efficientnet_v2_b0"), ("EfficientNetV2B1", "efficientnet_v2_b1"),
-        ("EfficientNetV2B2", "efficientnet_v2_b2"), ("EfficientNetV2B3", "efficientnet_v2_b3"),
-        ("EfficientNetV2S", "efficientnet_v2_s"), ("EfficientNetV2M", "efficientnet_v2_m"),
-        ("EfficientNetV2L", "efficientnet_v2_l")]
+# Cheapest first, so that a time-limited run covers the most members.
+FULL = [("EfficientNetB0", "efficientnet_b0"), ("EfficientNetV2B0", "efficientnet_v2_b0"),
+        ("EfficientNetB1", "efficientnet_b1"), ("EfficientNetV2B1", "efficientnet_v2_b1"),
+        ("EfficientNetB2", "efficientnet_b2"), ("EfficientNetV2B2", "efficientnet_v2_b2"),
+        ("EfficientNetB3", "efficientnet_b3"), ("EfficientNetV2B3", "efficientnet_v2_b3"),
+        ("EfficientNetV2S", "efficientnet_v2_s"), ("EfficientNetB4", "efficientnet_b4"),
+        ("EfficientNetB5", "efficientnet_b5"), ("EfficientNetV2M", "efficientnet_v2_m"),
+        ("EfficientNetB6", "efficientnet_b6"), ("EfficientNetV2L", "efficientnet_v2_l"),
+        ("EfficientNetB7", "efficientnet_b7")]
 
 
 def keras_taps(model) -> dict[str, str]:
@@ -127,7 +128,9 @@ def test_imagenet_normalization_is_division_by_the_std(tmp_path):
 
 def test_keras_rounding_of_widths_and_depths():
     """Keras' round_filters / round_repeats, checked against the Keras builds' own layer shapes."""
-    for name, arch in FULL[:7]:
+    for name, arch in FULL:
+        if arch not in efficientnet.KERAS_VARIANTS:
+            continue
         config = efficientnet.KERAS_VARIANTS[arch]
         model = getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(32, 32, 3))
         names = [layer.name for layer in model.layers]

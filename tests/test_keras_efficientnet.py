@@ -126,8 +126,10 @@ def test_imagenet_normalization_is_division_by_the_std(tmp_path):
                                  np.sqrt(other["var"])) <= 1e-6
 
 
+@pytest.mark.full
 def test_keras_rounding_of_widths_and_depths():
-    """Keras' round_filters / round_repeats, checked against the Keras builds' own layer shapes."""
+    """Keras' round_filters / round_repeats, checked against the Keras builds' own layer shapes (B0-B7; V2's are
+    checked by the full parity test's detection)."""
     for name, arch in FULL:
         if arch not in efficientnet.KERAS_VARIANTS:
             continue

@@ -154,8 +154,7 @@ def test_fine_tune_forward_with_a_fresh_head(photos, tmp_path):
     bundle = research.load(path, num_classes=5)
     assert bundle.spec.num_classes == 5 and bundle.variables["params"]["head"]["fc"]["kernel"].shape == (1280, 5)
     import jax
-    frozen = frozenset(p for p in ("stem/bn", "stage1/block1/depthwise_bn"))
-    net = bundle.spec.build(frozen_bn=frozen)
+    net = bundle.spec.build(frozen_bn=frozenset({"stem/bn", "stage1/block1/depthwise_bn"}))
     x = research.preprocess.apply(bundle.preprocessing, resize(photos, 64))
     out, updates = net.apply(bundle.variables, x, train=True, taps=("logits",), mutable=["batch_stats"],
                              rngs={"dropout": jax.random.key(0)})

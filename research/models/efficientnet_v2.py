@@ -83,9 +83,12 @@ def keras_config(blocks, width: float, depth: float, inputs) -> Config:
 
 # our arch -> (blocks, width, depth, default size, input)
 KERAS_MEMBERS = {
-    "efficientnet_v2_b0": (B_BLOCKS, 1.0, 1.0, 224, B_INPUT), "efficientnet_v2_b1": (B_BLOCKS, 1.0, 1.1, 240, B_INPUT),
-    "efficientnet_v2_b2": (B_BLOCKS, 1.1, 1.2, 260, B_INPUT), "efficientnet_v2_b3": (B_BLOCKS, 1.2, 1.4, 300, B_INPUT),
-    "efficientnet_v2_s": (S_BLOCKS, 1.0, 1.0, 384, SML_INPUT), "efficientnet_v2_m": (M_BLOCKS, 1.0, 1.0, 480, SML_INPUT),
+    "efficientnet_v2_b0": (B_BLOCKS, 1.0, 1.0, 224, B_INPUT),
+    "efficientnet_v2_b1": (B_BLOCKS, 1.0, 1.1, 240, B_INPUT),
+    "efficientnet_v2_b2": (B_BLOCKS, 1.1, 1.2, 260, B_INPUT),
+    "efficientnet_v2_b3": (B_BLOCKS, 1.2, 1.4, 300, B_INPUT),
+    "efficientnet_v2_s": (S_BLOCKS, 1.0, 1.0, 384, SML_INPUT),
+    "efficientnet_v2_m": (M_BLOCKS, 1.0, 1.0, 480, SML_INPUT),
     "efficientnet_v2_l": (L_BLOCKS, 1.0, 1.0, 480, SML_INPUT),
 }
 VARIANTS = {arch: keras_config(b, w, d, i) for arch, (b, w, d, _size, i) in KERAS_MEMBERS.items()}

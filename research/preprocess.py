@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "torch": "RGB/255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)",
     "tflite": "RGB, minus 127, divided by 128 (TF-Lite's EfficientNet-Lite convention)",
     "tf": "RGB/127.5 - 1, i.e. scaled to [-1, 1] (Keras' \"tf\" mode: MobileNet, MobileNetV2)",
+    "raw": "RGB 0-255 as float32; the model rescales and normalises inside (Keras' Rescaling/Normalization layers)",
 }
 
 
@@ -40,7 +41,12 @@ def tf(images):
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-FUNCTIONS = {"caffe": caffe, "torch": torch, "tflite": tflite, "tf": tf}
+def raw(images):
+    """For models that normalise inside (research/models/layers.py `Normalization`)."""
+    return images.astype(jnp.float32)
+
+
+FUNCTIONS = {"caffe": caffe, "torch": torch, "tflite": tflite, "tf": tf, "raw": raw}
 
 
 def apply(name: str, images):

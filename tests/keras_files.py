@@ -37,6 +37,7 @@ def randomize(model, seed: int = 0) -> None:
             mean, var, *rest = weights
             layer.set_weights([rng.normal(100, 20, mean.shape).astype(np.float32),
                                rng.uniform(500, 5000, var.shape).astype(np.float32), *rest])
+            layer.finalize_state()  # what Keras' weight loaders do: the layer computes with a copy made here
             continue
         else:
             kernel, *rest = weights

@@ -111,7 +111,7 @@ def test_same_top1_as_the_source(both):
 def test_symmetric_padding_would_not_match(bundle, images, both):
     """The parity above is not blind to the padding: k//2 on each side is off from the first conv."""
     _ours, ref = both
-    model = efficientnet.EfficientNetLite(padding="symmetric")
+    model = efficientnet.EfficientNet(padding="symmetric")
     out = model.apply(bundle.variables, tflite_inputs(images), taps=("stem",))
     assert parity.relative_error(out["stem"], ref["stem"]) > 100 * parity.FLOAT32
 

@@ -12,7 +12,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import densenet, efficientnet, inception, mobilenet, registry, resnet, resnet_v2, vgg, xception
+from research.models import (densenet, efficientnet, efficientnet_v2, inception, mobilenet, registry, resnet,
+                            resnet_v2, vgg, xception)
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -21,6 +22,7 @@ registry.register(resnet.FAMILY)
 registry.register(vgg.FAMILY)
 registry.register(efficientnet.FAMILY)
 registry.register(mobilenet.FAMILY)
+registry.register(efficientnet_v2.FAMILY)
 registry.register(resnet_v2.FAMILY)
 registry.register(densenet.FAMILY)
 registry.register(xception.FAMILY)
@@ -60,7 +62,7 @@ class ModelSpec:
     def taps(self) -> tuple[str, ...]:
         """The taps this model has, shallowest first."""
         record = self.record
-        taps = tuple(t for t in record.taps if t != "logits" and (self.include_top or t not in record.top_taps))
+        taps = tuple(t for t in record.archs[self.arch].taps or record.taps if t != "logits" and (self.include_top or t not in record.top_taps))
         return taps + (("logits",) if self.num_classes else ())
 
     @property

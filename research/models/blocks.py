@@ -22,20 +22,37 @@ def depthwise(conv, x, kernel: int, stride: int, padding, name: str):
 
 
 class ConvBN(nn.Module):
-    """Conv, BatchNorm, ReLU6: the stems and tops of EfficientNet-Lite and MobileNet (params `conv`, `bn`)."""
+    """Conv, BatchNorm, activation: the stems and tops of EfficientNet and MobileNet (params `conv`, `bn`)."""
     features: int
     kernel: int
     stride: int
     padding: str
     conv: Any
     norm: Any
+    activation: Callable = layers.relu6
 
     @nn.compact
     def __call__(self, x):
         x = self.conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
                       padding=layers.conv_padding(x.shape[1:3], self.kernel, self.stride, self.padding),
                       name="conv")(x)
-        return layers.relu6(self.norm(name="bn")(x))
+        return self.activation(self.norm(name="bn")(x))
+
+
+def squeeze_excite(conv, x, squeezed: int, activation):
+    """EfficientNet's squeeze-excitation: the global average, a 1x1 conv to `squeezed` channels with `activation`,
+    a 1x1 conv back with a sigmoid, scaling `x` per channel (params `se_reduce`, `se_expand`, with biases)."""
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = activation(conv(squeezed, (1, 1), padding=layers.pad(0), use_bias=True, name="se_reduce")(s))
+    return x * nn.sigmoid(conv(x.shape[-1], (1, 1), padding=layers.pad(0), use_bias=True, name="se_expand")(s))
+
+
+def residual(x, shortcut, drop_connect: float, train: bool):
+    """x + shortcut, x dropped per sample with rate `drop_connect` in training (stochastic depth, Keras'
+    Dropout(noise_shape=(None, 1, 1, 1)); needs a `dropout` rng). Call inside a compact module."""
+    if drop_connect:
+        x = nn.Dropout(drop_connect, broadcast_dims=(1, 2, 3), deterministic=not train)(x)
+    return x + shortcut
 
 
 class InvertedResidual(nn.Module):
@@ -45,7 +62,8 @@ class InvertedResidual(nn.Module):
 
     `padding` is a `layers.conv_padding` mode: "same" is TF's SAME, which equals keras.applications'
     `correct_pad` + "valid" before stride-2 depthwise convs. `activation` follows the expansion and the depthwise
-    conv; a squeeze-excitation would sit between the depthwise activation and the projection. `drop_connect`:
+    conv; with `se_ratio` a squeeze-excitation to max(1, int(input channels * se_ratio)) channels sits between
+    the depthwise activation and the projection (EfficientNet's `se_reduce`, `se_expand`). `drop_connect`:
     stochastic depth on the residual branch in training (needs a `dropout` rng)."""
     expansion: int
     kernel: int
@@ -57,22 +75,23 @@ class InvertedResidual(nn.Module):
     activation: Callable = layers.relu6
     drop_connect: float = 0.0
     train: bool = False
+    se_ratio: float = 0.0
 
     @nn.compact
     def __call__(self, x):
-        residual = x
+        shortcut = x
         if self.expansion != 1:
             x = self.conv(x.shape[-1] * self.expansion, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
             x = self.activation(self.norm(name="expand_bn")(x))
         k, s = self.kernel, self.stride
         x = depthwise(self.conv, x, k, s, layers.conv_padding(x.shape[1:3], k, s, self.padding), "depthwise_conv")
         x = self.activation(self.norm(name="depthwise_bn")(x))
+        if self.se_ratio:
+            x = squeeze_excite(self.conv, x, max(1, int(shortcut.shape[-1] * self.se_ratio)), self.activation)
         x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
         x = self.norm(name="project_bn")(x)
-        if self.stride == 1 and residual.shape[-1] == self.features:
-            if self.drop_connect:
-                x = nn.Dropout(self.drop_connect, broadcast_dims=(1, 2, 3), deterministic=not self.train)(x)
-            x = x + residual
+        if self.stride == 1 and shortcut.shape[-1] == self.features:
+            x = residual(x, shortcut, self.drop_connect, self.train)
         return x
 
 

@@ -49,6 +49,43 @@ def relu6(x):
     return jnp.minimum(nn.relu(x), 6.0)
 
 
+swish = nn.swish  # x * sigmoid(x), Keras' "swish" (EfficientNet)
+
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): the floor of Normalization's sqrt(variance)
+
+
+class Normalization(nn.Module):
+    """In-model preprocessing: Keras' Rescaling(scale, offset) then Normalization, per channel, in float32:
+    (x * scale + offset - mean) / max(sqrt(var), 1e-7); the model then takes 0-255 pixels (preprocessing "raw").
+
+    `stored`: mean and var are variables in `batch_stats` (`<name>/mean`, `<name>/var`), where a weight file's
+    Normalization layer puts its adapted statistics: non-trainable, never updated by training, saved with the
+    checkpoint. Otherwise they are the family's constants `mean`, `var` (default: none, a plain rescale).
+    `std_in_var`: values that, found in the stored var, mean it holds standard deviations, not variances (Keras'
+    EfficientNet ImageNet files; see research/models/efficientnet.py): the output is then divided by
+    sqrt(std_in_var) once more, as Keras' extra Rescaling does for those files."""
+    scale: float = 1.0
+    offset: float = 0.0
+    mean: tuple = (0.0, 0.0, 0.0)
+    var: tuple = (1.0, 1.0, 1.0)
+    stored: bool = False
+    std_in_var: tuple | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.astype(jnp.float32) * jnp.float32(self.scale) + jnp.float32(self.offset)
+        mean, var = jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.var, jnp.float32)
+        if self.stored:
+            mean = self.variable("batch_stats", "mean", jnp.zeros, (x.shape[-1],), jnp.float32).value
+            var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],), jnp.float32).value
+        x = (x - mean) / jnp.maximum(jnp.sqrt(var), KERAS_EPSILON)
+        if self.std_in_var is not None:
+            std = jnp.asarray(self.std_in_var, jnp.float32)
+            holds_std = jnp.all(jnp.abs(var - std) <= 1e-6 * std)
+            x = x * jnp.where(holds_std, 1.0 / jnp.sqrt(std), 1.0)
+        return x
+
+
 class BatchNorm(nn.BatchNorm):
     """BatchNorm that stays in inference mode, on its running statistics, where its path is frozen.
 

@@ -25,6 +25,7 @@ class Arch:
     layouts: tuple[str, ...]
     input_size: int = 224  # the size it was trained at: the default, and the only one where `fixed_input` holds
     bn: Mapping | None = None  # BatchNorm settings where they are the arch's own, not the layout's
+    taps: tuple[str, ...] | None = None  # where the arch has only some of the family's taps (fewer stages)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 
 import h5py
@@ -24,6 +25,9 @@ from research.weights import mapping
 
 SOURCE = "keras"
 KERAS_ZIP_WEIGHTS = "model.weights.h5"
+# Keras names a layer built without a name after its class (`normalization`) and numbers the later ones of a
+# session (`normalization_1`): the name tables hold the first name, and a file's numbered one is looked up so.
+AUTO_NUMBER = re.compile(r"_\d+$")
 
 
 def is_keras_zip(path) -> bool:
@@ -152,9 +156,10 @@ def convert(path):
     spec, table = identify(layers, path)
     flat, unplaced = {}, []
     for name, weights in layers.items():
-        if name not in table:
+        key = name if name in table else AUTO_NUMBER.sub("", name)
+        if key not in table or (key != name and key in layers):
             unplaced.append(name)
             continue
-        dst, kind = table[name]
+        dst, kind = table[key]
         flat.update(mapping.leaves(kind, dst, weights, f"{path}: layer {name}"))
     return spec, flat, unplaced

@@ -65,10 +65,17 @@ def conv_dense_leaves(path: str, kernel, bias) -> dict:
     return dense_leaves(path, kernel.reshape(-1, kernel.shape[-1]), bias)
 
 
+def normalization_leaves(path: str, mean, var, count=None) -> dict:
+    """Keras' Normalization layer (mean, variance and, from TF 2.3 on, a sample count that is not needed) as the
+    `batch_stats` of research/models/layers.py `Normalization`."""
+    return {_leaf(path, "batch_stats", "mean"): mean, _leaf(path, "batch_stats", "var"): var}
+
+
 # Leaf builders by kind, and how many tensors each takes (in the source's order).
 KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,)),
          "depthwise": (depthwise_leaves, (1,)), "conv_dense": (conv_dense_leaves, (2,)),
-         "bn_noscale": (bn_noscale_leaves, (3,)), "separable": (separable_leaves, (2, 3))}
+         "bn_noscale": (bn_noscale_leaves, (3,)), "separable": (separable_leaves, (2, 3)),
+         "normalization": (normalization_leaves, (2, 3))}
 
 
 def leaves(kind: str, path: str, tensors, where: str) -> dict:

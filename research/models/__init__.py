@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import efficientnet, efficientnet_v2, mobilenet, mobilenet_v3, registry, resnet, vgg
+from research.models import convnext, efficientnet, efficientnet_v2, mobilenet, mobilenet_v3, registry, resnet, vgg
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -23,6 +23,7 @@ registry.register(efficientnet.FAMILY)
 registry.register(mobilenet.FAMILY)
 registry.register(efficientnet_v2.FAMILY)
 registry.register(mobilenet_v3.FAMILY)
+registry.register(convnext.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

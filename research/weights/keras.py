@@ -72,8 +72,12 @@ def _legacy_layers(group) -> dict[str, list[np.ndarray]]:
 
 
 def _keras3_layers(layers) -> dict[str, list[np.ndarray]]:
+    """Nested models (ConvNeXt's stem and downsampling `Sequential`s) are `<auto name>/layers/...`: their layers
+    are read as the model's own, by their real names."""
     out = {}
     for auto_name, group in layers.items():
+        if "layers" in group:
+            out.update(_keras3_layers(group["layers"]))
         if "vars" not in group or not len(group["vars"]):
             continue
         vars_ = group["vars"]

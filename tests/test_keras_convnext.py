@@ -120,3 +120,9 @@ def test_every_member_at_its_default_size(name, arch, photos, tmp_path):
     worst = max(parity.relative_error(out[t], ref[t]) for t in ref)
     print(f"\nPARITY {arch} {size}px: {time.perf_counter() - start:.0f} s, worst relative error {worst:.1e}")
     keras.backend.clear_session()
+
+
+def test_freeze_presets_cut_at_the_head_norm():
+    from research.train import freeze
+    assert freeze.preset("from:pre_logits", "convnext")[0] == ("^(top_norm|head)/", "train")
+    assert freeze.preset("top_block", "convnext")[0] == ("^(stage4|top_norm|head)/", "train")

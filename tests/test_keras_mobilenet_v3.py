@@ -164,3 +164,11 @@ def test_every_member_at_its_default_size(name, kwargs, arch, photos, tmp_path):
     worst = max(parity.relative_error(out[t], ref[t]) for t in ref)
     print(f"\nPARITY {arch} {size}px: {time.perf_counter() - start:.0f} s, worst relative error {worst:.1e}")
     keras.backend.clear_session()
+
+
+def test_freeze_presets():
+    from research.train import freeze
+    assert freeze.preset("from:pre_logits", "mobilenet_v3")[0] == ("^(top_fc|head)/", "train")
+    assert freeze.preset("from:top", "mobilenet_v3")[0] == ("^(top|top_fc|head)/", "train")
+    with pytest.raises(UserError, match="no tap 'pool' with params"):
+        freeze.preset("from:pool", "mobilenet_v3")

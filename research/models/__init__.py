@@ -12,8 +12,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from research.errors import UserError
-from research.models import (densenet, efficientnet, efficientnet_v2, inception, mobilenet, registry, resnet,
-                            resnet_v2, vgg, xception)
+from research.models import (convnext, densenet, efficientnet, efficientnet_v2, inception, mobilenet, mobilenet_v3,
+                            registry, resnet, resnet_v2, vgg, xception)
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -27,6 +27,8 @@ registry.register(resnet_v2.FAMILY)
 registry.register(densenet.FAMILY)
 registry.register(xception.FAMILY)
 registry.register(inception.FAMILY)
+registry.register(mobilenet_v3.FAMILY)
+registry.register(convnext.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

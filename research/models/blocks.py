@@ -39,12 +39,13 @@ class ConvBN(nn.Module):
         return self.activation(self.norm(name="bn")(x))
 
 
-def squeeze_excite(conv, x, squeezed: int, activation):
+def squeeze_excite(conv, x, squeezed: int, activation, gate: Callable = nn.sigmoid):
     """EfficientNet's squeeze-excitation: the global average, a 1x1 conv to `squeezed` channels with `activation`,
-    a 1x1 conv back with a sigmoid, scaling `x` per channel (params `se_reduce`, `se_expand`, with biases)."""
+    a 1x1 conv back with `gate` (a sigmoid; MobileNetV3's is hard), scaling `x` per channel (params `se_reduce`,
+    `se_expand`, with biases)."""
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
     s = activation(conv(squeezed, (1, 1), padding=layers.pad(0), use_bias=True, name="se_reduce")(s))
-    return x * nn.sigmoid(conv(x.shape[-1], (1, 1), padding=layers.pad(0), use_bias=True, name="se_expand")(s))
+    return x * gate(conv(x.shape[-1], (1, 1), padding=layers.pad(0), use_bias=True, name="se_expand")(s))
 
 
 def residual(x, shortcut, drop_connect: float, train: bool):
@@ -64,7 +65,11 @@ class InvertedResidual(nn.Module):
     `correct_pad` + "valid" before stride-2 depthwise convs. `activation` follows the expansion and the depthwise
     conv; with `se_ratio` a squeeze-excitation to max(1, int(input channels * se_ratio)) channels sits between
     the depthwise activation and the projection (EfficientNet's `se_reduce`, `se_expand`). `drop_connect`:
-    stochastic depth on the residual branch in training (needs a `dropout` rng)."""
+    stochastic depth on the residual branch in training (needs a `dropout` rng).
+
+    MobileNetV3 rounds its widths (Keras' `_depth`), so it gives them: `expanded` (the expansion's width, else
+    input channels * expansion) and `se_features` (the squeezed width, else from `se_ratio`), with its own
+    squeeze-excitation activation (`se_activation`, else `activation`) and `se_gate`."""
     expansion: int
     kernel: int
     stride: int
@@ -76,18 +81,24 @@ class InvertedResidual(nn.Module):
     drop_connect: float = 0.0
     train: bool = False
     se_ratio: float = 0.0
+    expanded: int = 0
+    se_features: int = 0
+    se_activation: Callable | None = None
+    se_gate: Callable = nn.sigmoid
 
     @nn.compact
     def __call__(self, x):
         shortcut = x
         if self.expansion != 1:
-            x = self.conv(x.shape[-1] * self.expansion, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
+            width = self.expanded or x.shape[-1] * self.expansion
+            x = self.conv(width, (1, 1), padding=layers.pad(0), name="expand_conv")(x)
             x = self.activation(self.norm(name="expand_bn")(x))
         k, s = self.kernel, self.stride
         x = depthwise(self.conv, x, k, s, layers.conv_padding(x.shape[1:3], k, s, self.padding), "depthwise_conv")
         x = self.activation(self.norm(name="depthwise_bn")(x))
-        if self.se_ratio:
-            x = squeeze_excite(self.conv, x, max(1, int(shortcut.shape[-1] * self.se_ratio)), self.activation)
+        if self.se_ratio or self.se_features:
+            squeezed = self.se_features or max(1, int(shortcut.shape[-1] * self.se_ratio))
+            x = squeeze_excite(self.conv, x, squeezed, self.se_activation or self.activation, self.se_gate)
         x = self.conv(self.features, (1, 1), padding=layers.pad(0), name="project_conv")(x)
         x = self.norm(name="project_bn")(x)
         if self.stride == 1 and shortcut.shape[-1] == self.features:

@@ -51,6 +51,16 @@ def relu6(x):
 
 swish = nn.swish  # x * sigmoid(x), Keras' "swish" (EfficientNet)
 
+
+def hard_sigmoid(x):
+    """relu6(x + 3) / 6, as MobileNetV3 writes it (Keras' own `hard_sigmoid` activation has another slope)."""
+    return relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def hard_swish(x):
+    """x * relu6(x + 3) / 6: Keras' "hard_swish" (MobileNetV3)."""
+    return x * (relu6(x + 3.0) / 6.0)
+
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): the floor of Normalization's sqrt(variance)
 
 

@@ -123,11 +123,22 @@ def _legacy_layers(group, path=None) -> dict[str, list]:
     return out
 
 
-def _keras3_layers(layers, path=None) -> dict[str, list]:
-    """Layer name (from `vars`' attribute) -> its weight datasets `vars/0..n-1` (unread)."""
+MAX_NESTING = 8  # Keras applications nest one Sequential deep
+
+
+def _keras3_layers(layers, path=None, depth: int = 0) -> dict[str, list]:
+    """Layer name (from `vars`' attribute) -> its weight datasets `vars/0..n-1` (unread). Nested models (ConvNeXt's
+    stem and downsampling `Sequential`s) are `<auto name>/layers/...`: their layers are read as the model's own,
+    by their real names; HDF5 links can form cycles, so nesting stops at MAX_NESTING."""
+    if depth > MAX_NESTING:
+        raise UserError(f"{path}: Keras layers nested deeper than {MAX_NESTING} levels (a damaged or looping file)")
     out = {}
     for auto_name, group in layers.items():
-        if not isinstance(group, h5py.Group) or "vars" not in group or not len(group["vars"]):
+        if not isinstance(group, h5py.Group):
+            continue
+        if "layers" in group:
+            out.update(_keras3_layers(group["layers"], path, depth + 1))
+        if "vars" not in group or not len(group["vars"]):
             continue
         vars_ = group["vars"]
         name = vars_.attrs.get("name", auto_name)

@@ -71,11 +71,32 @@ def normalization_leaves(path: str, mean, var, count=None) -> dict:
     return {_leaf(path, "batch_stats", "mean"): mean, _leaf(path, "batch_stats", "var"): var}
 
 
+def layer_norm_leaves(path: str, gamma, beta) -> dict:
+    return {_leaf(path, "params", "scale"): gamma, _leaf(path, "params", "bias"): beta}
+
+
+def layer_scale_leaves(path: str, gamma) -> dict:
+    """ConvNeXt's per-channel layer scale (Keras' `LayerScale.gamma`)."""
+    return {_leaf(path, "params", "gamma"): gamma}
+
+
+def conv_layer_norm_leaves(path: str, kernel, bias, gamma, beta) -> dict:
+    """A nested Sequential(Conv2D, LayerNormalization) as one legacy-.h5 layer: `path/conv`, `path/norm`."""
+    return {**conv_leaves(f"{path}/conv", kernel, bias), **layer_norm_leaves(f"{path}/norm", gamma, beta)}
+
+
+def layer_norm_conv_leaves(path: str, gamma, beta, kernel, bias) -> dict:
+    """A nested Sequential(LayerNormalization, Conv2D) as one legacy-.h5 layer: `path/norm`, `path/conv`."""
+    return conv_layer_norm_leaves(path, kernel, bias, gamma, beta)
+
+
 # Leaf builders by kind, and how many tensors each takes (in the source's order).
 KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,)),
          "depthwise": (depthwise_leaves, (1,)), "conv_dense": (conv_dense_leaves, (2,)),
          "bn_noscale": (bn_noscale_leaves, (3,)), "separable": (separable_leaves, (2, 3)),
-         "normalization": (normalization_leaves, (2, 3))}
+         "normalization": (normalization_leaves, (2, 3)), "layer_norm": (layer_norm_leaves, (2,)),
+         "layer_scale": (layer_scale_leaves, (1,)), "conv_layer_norm": (conv_layer_norm_leaves, (4,)),
+         "layer_norm_conv": (layer_norm_conv_leaves, (4,))}
 
 
 def leaves(kind: str, path: str, tensors, where: str) -> dict:

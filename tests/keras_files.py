@@ -251,3 +251,16 @@ def check_fine_tuning(model, images, tmp_path) -> None:
         err = parity.relative_error(out[tap], ref[tap])
         assert err <= parity.FLOAT32, f"train-mode {tap} with frozen BatchNorm: relative error {err:.2e}"
     path.unlink()
+
+
+def check_bfloat16(model, images, tmp_path, taps) -> None:
+    """`model`'s weights loaded back: bf16 compute at `taps` within parity.BFLOAT16 of float32."""
+    import research
+    from research import parity
+
+    path = tmp_path / "bf16.weights.h5"
+    model.save_weights(path)
+    bundle = research.load(path)
+    full, half = bundle.features(images, taps), bundle.features(images, taps, dtype="bfloat16")
+    for tap in taps:
+        assert parity.relative_error(half[tap], full[tap]) <= parity.BFLOAT16, tap

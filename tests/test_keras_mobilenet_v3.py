@@ -123,15 +123,8 @@ def test_fine_tune_forward_with_a_fresh_head(photos, tmp_path):
 
 
 def test_bfloat16_is_close_to_float32(photos, tmp_path):
-    model = build_keras("MobileNetV3Small", {}, True, 64)
-    path = tmp_path / "small.weights.h5"
-    model.save_weights(path)
-    bundle = research.load(path)
-    images = resize(photos, 64)
-    taps = ["stage3", "pre_logits", "logits"]
-    full, half = bundle.features(images, taps), bundle.features(images, taps, dtype="bfloat16")
-    for tap in taps:
-        assert parity.relative_error(half[tap], full[tap]) <= parity.BFLOAT16, tap
+    keras_files.check_bfloat16(build_keras("MobileNetV3Small", {}, True, 64), resize(photos, 64), tmp_path,
+                               ["stage3", "pre_logits", "logits"])
 
 
 def test_taps():

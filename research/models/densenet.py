@@ -15,16 +15,14 @@ conv2}` (Keras `conv{s+1}_block{j}_{0_bn, 1_conv, 1_bn, 2_conv}`), `top/bn`, `he
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.errors import UserError
 from research.models import heads, layers
 from research.models.blocks import BNReLU
-from research.models.registry import Arch, Family, Source, TapCollector
+from research.models.registry import Arch, Family, Source, TapCollector, arch_by_counts
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "top", "pre_logits", "logits")
 BLOCKS = {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32), "densenet201": (6, 12, 48, 32)}
@@ -139,12 +137,7 @@ def keras_names(arch: str) -> dict[str, tuple[str, str]]:
 def detect_keras(names: dict) -> str | None:
     if "pool2_conv" not in names or "conv2_block1_2_conv" not in names:
         return None
-    counts = tuple(sum(bool(re.fullmatch(rf"conv{g}_block\d+_2_conv", n)) for n in names) for g in range(2, 6))
-    arch = next((a for a, blocks in BLOCKS.items() if blocks == counts), None)
-    if arch is None:
-        raise UserError(f"a Keras DenseNet with {counts} layers in its dense blocks; known: "
-                        + ", ".join(f"{a} {b}" for a, b in BLOCKS.items()))
-    return arch
+    return arch_by_counts(names, r"conv{}_block\d+_2_conv", range(2, 6), BLOCKS, "DenseNet")
 
 
 def build(spec, config, **common):

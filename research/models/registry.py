@@ -140,6 +140,18 @@ def describe(source: str) -> str:
     return " or ".join(f.sources[source].describes for f in FAMILIES.values() if source in f.sources)
 
 
+def arch_by_counts(names, pattern: str, groups, archs: Mapping[str, tuple], what: str) -> str:
+    """The arch whose blocks per group equal the file's: `pattern` is a regex over layer names with `{}` for the
+    group number (Keras' `conv{}_block\\d+_1_conv`), counted for each of `groups`. A file of the family with counts
+    no arch has is a UserError naming them."""
+    counts = tuple(sum(bool(re.fullmatch(pattern.format(g), n)) for n in names) for g in groups)
+    arch = next((a for a, c in archs.items() if tuple(c) == counts), None)
+    if arch is None:
+        raise UserError(f"a Keras {what} with {counts} blocks per stage; known: "
+                        + ", ".join(f"{a} {tuple(c)}" for a, c in archs.items()))
+    return arch
+
+
 class TapCollector:
     """Collects the requested taps and says when the forward can stop."""
 

@@ -18,16 +18,14 @@ Param paths: `stem/conv1`, `stage{s}/block{j}/{preact_bn, conv1, bn1, conv2, bn2
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.errors import UserError
 from research.models import heads, layers
 from research.models.blocks import BNReLU
-from research.models.registry import Arch, Family, Source, TapCollector
+from research.models.registry import Arch, Family, Source, TapCollector, arch_by_counts
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "top", "pre_logits", "logits")
 # arch -> blocks in Keras' stacks conv2..conv5 (bottleneck widths 64, 128, 256, 512)
@@ -140,12 +138,7 @@ def keras_names(arch: str) -> dict[str, tuple[str, str]]:
 def detect_keras(names: dict) -> str | None:
     if "conv2_block1_preact_bn" not in names:
         return None
-    counts = tuple(sum(bool(re.fullmatch(rf"conv{g}_block\d+_1_conv", n)) for n in names) for g in range(2, 6))
-    arch = next((a for a, stacks in KERAS_STACKS.items() if stacks == counts), None)
-    if arch is None:
-        raise UserError(f"a Keras ResNetV2 with {counts} blocks in conv2..conv5; known: "
-                        + ", ".join(f"{a} {s}" for a, s in KERAS_STACKS.items()))
-    return arch
+    return arch_by_counts(names, r"conv{}_block\d+_1_conv", range(2, 6), KERAS_STACKS, "ResNetV2")
 
 
 def build(spec, config, **common):

@@ -176,7 +176,7 @@ def check(config) -> None:
     """The checks that need more than a type: every value a run would refuse later is refused here, before a
     workdir exists."""
     from research.data.resize import METHODS, check_size
-    from research.models.layers import HeadSpec
+    from research.models.heads import HeadSpec
 
     if config.dtype not in ("float32", "bfloat16"):
         raise UserError(f"config dtype must be float32 or bfloat16, got {config.dtype!r}")

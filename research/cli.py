@@ -24,7 +24,7 @@ def cmd_convert(args) -> None:
     stats = sum(x.size for x in _leaves(bundle.variables.get("batch_stats", {})))
     top = f"top, {spec.num_classes} classes" if spec.num_classes else "no top"
     print(f"{spec.arch} ({spec.layout} layout, {top}): {bundle.num_params:,} params + {stats:,} BN statistics; "
-          f"preprocessing {bundle.preprocessing} ({preprocess.DESCRIPTIONS[bundle.preprocessing]}) -> {out}")
+          f"preprocessing {bundle.preprocessing} ({preprocess.describe(bundle.preprocessing)}) -> {out}")
 
 
 def _leaves(tree):
@@ -36,7 +36,7 @@ def cmd_pack(args) -> None:
     from research.data import pack
 
     result = pack.write(args.data, args.out, args.image_size, resize=args.resize, interpolation=args.interpolation,
-                        decode=args.decode, split_test=args.split_test, split_val=args.split_val, seed=args.seed,
+                        decode=args.decode, crop_pct=args.crop_pct, split_test=args.split_test, split_val=args.split_val, seed=args.seed,
                         overwrite=args.overwrite, workers=args.workers)
     print(result.summary())
 
@@ -79,9 +79,11 @@ def add_features_parser(sub) -> None:
                    help="how spatial taps become vectors (flatten is NHWC order, as Keras)")
     p.add_argument("--image-size", type=int, help="the side N of the model input (default 224; a pack's own)")
     p.add_argument("--resize", choices=["direct", "shorter_center_crop"],
-                   help="default: shorter_center_crop for torch-preprocessed weights, direct for caffe")
-    p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS,
-                   help="the resize filter (default bilinear; Keras' load_img and flow_from_directory use nearest)")
+                   help="default: the weights' own eval transform (timm snapshots), else shorter_center_crop for "
+                   "torch-preprocessed weights and direct for the rest")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS,
+                   help="the resize filter (default: the weights' own, else bilinear; Keras' load_img and "
+                   "flow_from_directory use nearest)")
     p.add_argument("--decode", default="default", choices=["default", "fast"],
                    help="fast: JPEGs decoded at a reduced DCT scale before the resize (faster; pixels differ from "
                    "Keras' and torchvision's)")
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, required=True, help="the side N of the stored NxN images")
     p.add_argument("--resize", default="direct", choices=["direct", "shorter_center_crop"],
                    help="direct (Keras) or shorter side to N/0.875 then centre crop (torchvision)")
+    p.add_argument("--crop-pct", type=float,
+                   help="with shorter_center_crop: shorter side to floor(N / CROP_PCT), as timm (default: 0.875, "
+                   "rounded, as torchvision)")
     p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS)
     p.add_argument("--decode", default="default", choices=["default", "fast"],
                    help="fast: JPEGs decoded at a reduced DCT scale before the resize (recorded in the pack)")

@@ -58,17 +58,16 @@ class PackResult:
 
 def write(spec, out, image_size: int, resize: str = "direct", interpolation: str = "bilinear", decode: str = "default",
           split_test: float = 0.0, split_val: float = 0.0, seed: int = 0, overwrite: bool = False,
-          workers: int | None = None, progress: bool | None = None) -> PackResult:
+          workers: int | None = None, progress: bool | None = None, crop_pct: float | None = None) -> PackResult:
     """Pack the dataset `spec` into `out`; `progress` None shows a bar only on a terminal."""
     out = _check_out(Path(out), overwrite)
+    policy = make_policy(resize, interpolation, decode, crop_pct)
     with io.lock(out):
-        return _write(spec, _check_out(out, overwrite), image_size, resize, interpolation, decode, split_test, split_val,
-                      seed, workers, progress)
+        return _write(spec, _check_out(out, overwrite), image_size, policy, split_test, split_val, seed, workers,
+                      progress)
 
 
-def _write(spec, out: Path, image_size, resize, interpolation, decode, split_test, split_val, seed, workers,
-           progress) -> PackResult:
-    policy = make_policy(resize, interpolation, decode)
+def _write(spec, out: Path, image_size, policy, split_test, split_val, seed, workers, progress) -> PackResult:
     check_size(image_size)
     source = open_source(spec)
     if source.kind == "pack":
@@ -176,6 +175,8 @@ def _write_attrs(f, source: Source, size: int, policy, skips: SkipLog, seeded) -
     f.attrs["resize"] = policy.method
     f.attrs["interpolation"] = policy.interpolation
     f.attrs["decode"] = policy.decode
+    if policy.crop_pct is not None:
+        f.attrs["crop_pct"] = policy.crop_pct
     f.attrs["resize_policy"] = json.dumps(record, sort_keys=True)
     f.attrs["source_spec"] = source.spec
     f.attrs["split_origin"] = ("given" if source.split is not None else "none" if seeded is None else

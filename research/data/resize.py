@@ -3,7 +3,8 @@
 - `direct`: straight to NxN, aspect ratio not kept, as Keras' `load_img(target_size=...)` does.
 - `shorter_center_crop`: shorter side to round(N / 0.875) (256 for 224), then the centre NxN, as torchvision's
   `Resize(256) + CenterCrop(224)` eval transform does, including its integer rules (the long side is
-  truncated, the crop offset rounded) so the pixels agree.
+  truncated, the crop offset rounded) so the pixels agree. With a `crop_pct` (a timm snapshot's
+  `pretrained_cfg`), the shorter side is floor(N / crop_pct), as timm's eval transform computes it.
 
 Both use PIL's `resize` with an explicit filter (bilinear unless told), which is what both references call.
 
@@ -15,6 +16,7 @@ decode at full size (README: its speed and its effect on a probe).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from PIL import Image
@@ -47,6 +49,7 @@ class ResizePolicy:
     method: str = "direct"
     interpolation: str = "bilinear"
     decode: str = "default"
+    crop_pct: float | None = None  # timm's; None: torchvision's 0.875 with its rounding
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -55,6 +58,8 @@ class ResizePolicy:
             raise UserError(f"unknown interpolation {self.interpolation!r}; known: {', '.join(INTERPOLATIONS)}")
         if self.decode not in DECODES:
             raise UserError(f"unknown decode {self.decode!r}; known: {', '.join(DECODES)}")
+        if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1:
+            raise UserError(f"crop_pct must be in [0.1, 1], got {self.crop_pct}")
 
     def apply(self, image, size: int) -> np.ndarray:
         """uint8 HxWx3 (array or PIL image) -> uint8 size x size x 3."""
@@ -63,7 +68,9 @@ class ResizePolicy:
     def record(self, size: int) -> dict:
         out = {"resize": self.method, "interpolation": self.interpolation, "image_size": int(size)}
         if self.method == "shorter_center_crop":
-            out["shorter_side"] = shorter_side(size)
+            out["shorter_side"] = shorter_side(size, self.crop_pct)
+            if self.crop_pct is not None:  # absent from records made before the option
+                out["crop_pct"] = self.crop_pct
         if self.decode != "default":  # absent from records made before the option, which all decoded in full
             out["decode"] = self.decode
         return out
@@ -72,19 +79,22 @@ class ResizePolicy:
         """The (w, h) both sides of a reduced JPEG decode must reach for this resize, or None: decode in full."""
         if self.decode == "default":
             return None
-        side = size if self.method == "direct" else shorter_side(size)
+        side = size if self.method == "direct" else shorter_side(size, self.crop_pct)
         return side, side
 
 
-def policy(method="direct", interpolation: str = "bilinear", decode: str = "default") -> ResizePolicy:
+def policy(method="direct", interpolation: str = "bilinear", decode: str = "default",
+           crop_pct: float | None = None) -> ResizePolicy:
     """A ResizePolicy from names, or the policy itself when given one."""
     if isinstance(method, ResizePolicy):
         return method
-    return ResizePolicy(method, interpolation, decode)
+    return ResizePolicy(method, interpolation, decode, crop_pct)
 
 
-def shorter_side(size: int) -> int:
-    return int(round(size / CROP_FRACTION))
+def shorter_side(size: int, crop_pct: float | None = None) -> int:
+    if crop_pct is None:
+        return int(round(size / CROP_FRACTION))
+    return int(math.floor(size / crop_pct))
 
 
 def resize(image, size: int, policy: ResizePolicy) -> np.ndarray:
@@ -96,7 +106,7 @@ def resize(image, size: int, policy: ResizePolicy) -> np.ndarray:
     if policy.method == "direct":
         out = pil.resize((size, size), resample)
     else:
-        out = _center_crop(pil.resize(_shorter_to(pil.size, shorter_side(size)), resample), size)
+        out = _center_crop(pil.resize(_shorter_to(pil.size, shorter_side(size, policy.crop_pct)), resample), size)
     return np.array(out, dtype=np.uint8)  # a writable copy; asarray of a PIL image is read-only
 
 

@@ -42,6 +42,7 @@ POOLS = ("avg", "max", "flatten")
 STORE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
 DEFAULT_RESIZE = {"torch": "shorter_center_crop", "caffe": "direct"}  # torchvision eval crop; Keras target_size
 DEFAULT_IMAGE_SIZE = 224
+EVAL_RESIZE = {"center": "shorter_center_crop", "squash": "direct"}  # timm's crop modes
 PARTIAL_SUFFIX = ".partial"
 SPACE_MARGIN = 1 << 20  # bytes kept free beyond a flush's estimate, for HDF5's metadata
 
@@ -80,7 +81,7 @@ class Plan:
 def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = None, resize: str | None = None,
          batch_size: int = 64, buffer_size: int = 1000, split: str | None = None, dtype: str = "float32",
          overwrite: bool = False, workers: int | None = None, progress: bool | None = None,
-         shard: tuple[int, int] | None = None, interpolation: str = "bilinear", decode: str = "default") -> DumpResult:
+         shard: tuple[int, int] | None = None, interpolation: str | None = None, decode: str = "default") -> DumpResult:
     """Features of `data` (a `research.data.open` spec) at `taps` of `weights` (anything `research.load` takes,
     or a Bundle) into the HDF5 file `out`; see the module docstring. `progress` None: a bar on a terminal.
 
@@ -147,14 +148,23 @@ def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int) -> 
                         f"rows are flushed a whole batch at a time")
 
 
-def _plan(bundle, source, image_size, resize, split, interpolation: str = "bilinear", decode: str = "default") -> Plan:
+def _plan(bundle, source, image_size, resize, split, interpolation: str | None = None,
+          decode: str = "default") -> Plan:
     """The records and pixels: a pack keeps its stored size and policy; folders default by preprocessing."""
     order, split_name, record = _select(source, split)
     if source.kind == "pack":
-        stored = make_policy(source.attrs["resize"], source.attrs["interpolation"], source.attrs.get("decode", "default"))
+        stored = make_policy(source.attrs["resize"], source.attrs["interpolation"], source.attrs.get("decode", "default"),
+                             source.attrs.get("crop_pct"))
         return Plan(order, int(image_size or source.attrs["image_size"]), stored, resize, split_name, record)
+    own = bundle.meta.get("input")  # the weights' own eval transform (a timm snapshot's pretrained_cfg)
+    if own:
+        size = check_size(own["size"] if image_size is None else int(image_size))
+        chosen = make_policy(resize or EVAL_RESIZE.get(own.get("crop_mode", "center"), "direct"),
+                             interpolation or own.get("interpolation", "bilinear"), decode, own.get("crop_pct"))
+        return Plan(order, size, chosen, chosen, split_name, record)
     size = check_size(DEFAULT_IMAGE_SIZE if image_size is None else int(image_size))
-    chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation, decode)
+    chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation or "bilinear",
+                         decode)
     return Plan(order, size, chosen, chosen, split_name, record)
 
 

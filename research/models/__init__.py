@@ -35,12 +35,16 @@ registry.register(convnext.FAMILY)
 class ModelSpec:
     """`include_top`: the source's own classifier layers (VGG's fc1/fc2 and the ImageNet head) are present.
     `num_classes`: the head's size, 0 for none; a head whose size differs from the source's is fresh.
-    `head`: the head's shape (a fine-tuned model's may have hidden layers); the default is the linear head."""
+    `head`: the head's shape (a fine-tuned model's may have hidden layers); the default is the linear head.
+    `options`: build arguments that the weights' own config sets (timm's `model_args`, see
+    `registry.Source.options`), as sorted (name, value) pairs so that specs stay hashable; `input_size` among
+    them overrides the arch's."""
     arch: str
     layout: str
     include_top: bool = True
     num_classes: int = 1000
     head: HeadSpec = HeadSpec()
+    options: tuple = ()
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -50,6 +54,7 @@ class ModelSpec:
         if self.num_classes < 0:
             raise UserError(f"num_classes must be >= 0, got {self.num_classes}")
         object.__setattr__(self, "head", HeadSpec.of(self.head))  # a dict when read back from research.json
+        object.__setattr__(self, "options", _frozen(self.options))  # a dict when read back from research.json
 
     @property
     def family(self) -> str:
@@ -84,7 +89,10 @@ class ModelSpec:
     @property
     def input_size(self) -> int:
         """The size the arch was trained at."""
-        return self.record.archs[self.arch].input_size
+        return self.option("input_size", self.record.archs[self.arch].input_size)
+
+    def option(self, name: str, default=None):
+        return dict(self.options).get(name, default)
 
     @property
     def fixed_input_size(self) -> int | None:
@@ -110,7 +118,23 @@ class ModelSpec:
         return tuple(sorted(self.record.bn_settings(self.arch, self.layout).items()))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As research.json stores it; `options` only where there are some, so older records read the same."""
+        out = dataclasses.asdict(self)
+        out.pop("options")
+        return {**out, "options": {k: _thawed(v) for k, v in self.options}} if self.options else out
+
+
+def _frozen(value):
+    """JSON-like values (dicts, lists) as hashable sorted tuples."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 __all__ = ["ARCHS", "HeadSpec", "ModelSpec", "registry"]

@@ -43,6 +43,9 @@ class Source:
     # the file's {layer: tensors} -> {file layer: its name in `names`}, where the file's names vary from file to
     # file (Keras' automatic layer names, see `keras_auto_names`); None: the names are the file's own
     canonical_names: Callable[[dict], dict] | None = None
+    # (the source's own model config, the file's {layer: tensors}) -> {option: value} for `ModelSpec.options`:
+    # build arguments the weights carry (timm's `model_args`: the trained image size, the pooling, ...)
+    options: Callable[[dict, dict], dict] | None = None
 
 
 def keras_auto_names(layers, prefixes) -> dict[str, str]:

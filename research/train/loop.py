@@ -89,6 +89,7 @@ def prepare(config, workdir: Path, echo) -> Setup:
         raise UserError(f"{len(split.train)} training images are fewer than one batch of {config.batch_size}")
     meta = {"research_version": _version(), "model": spec.to_dict(), "preprocessing": bundle.preprocessing,
             "source": bundle.meta.get("source"), "weights_model": bundle.meta.get("model"),
+            **({"input": bundle.meta["input"]} if "input" in bundle.meta else {}),
             "class_names": list(source.class_names),
             "finetune": {"config": configs.result_fields(config), "data": source.spec, "split": split.record}}
     return Setup(config, workdir, spec, variables, meta, source, split, mesh, plans, phases, echo)

@@ -32,9 +32,9 @@ def conv_leaves(path: str, kernel, bias=None) -> dict:
     return out
 
 
-def dense_leaves(path: str, kernel, bias) -> dict:
-    """`kernel` is (in, out) already."""
-    return {_leaf(path, "params", "kernel"): kernel, _leaf(path, "params", "bias"): bias}
+def dense_leaves(path: str, kernel, bias=None) -> dict:
+    """`kernel` is (in, out) already; no bias where the layer has none (a ViT's qkv without bias)."""
+    return conv_leaves(path, kernel, bias)
 
 
 def bn_leaves(path: str, scale, bias, mean, var) -> dict:
@@ -90,13 +90,19 @@ def layer_norm_conv_leaves(path: str, gamma, beta, kernel, bias) -> dict:
     return conv_layer_norm_leaves(path, kernel, bias, gamma, beta)
 
 
+def tensor_leaves(path: str, value) -> dict:
+    """A bare parameter (a ViT's `cls_token`, `pos_embed`): `path` names the leaf itself, in the source's shape."""
+    module, _, name = path.rpartition("/")
+    return {("params", *filter(None, module.split("/")), name): value}
+
+
 # Leaf builders by kind, and how many tensors each takes (in the source's order).
-KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (2,)), "bn": (bn_leaves, (4,)),
+KINDS = {"conv": (conv_leaves, (1, 2)), "dense": (dense_leaves, (1, 2)), "bn": (bn_leaves, (4,)),
          "depthwise": (depthwise_leaves, (1,)), "conv_dense": (conv_dense_leaves, (2,)),
          "bn_noscale": (bn_noscale_leaves, (3,)), "separable": (separable_leaves, (2, 3)),
          "normalization": (normalization_leaves, (2, 3)), "layer_norm": (layer_norm_leaves, (2,)),
          "layer_scale": (layer_scale_leaves, (1,)), "conv_layer_norm": (conv_layer_norm_leaves, (4,)),
-         "layer_norm_conv": (layer_norm_conv_leaves, (4,))}
+         "layer_norm_conv": (layer_norm_conv_leaves, (4,)), "tensor": (tensor_leaves, (1,))}
 
 
 def leaves(kind: str, path: str, tensors, where: str) -> dict:

@@ -17,13 +17,19 @@ from research.weights.torch_reader import read_state_dict
 
 SOURCE = "torchvision"
 # The tensors of each kind of torch layer, in the order `mapping.leaves` takes them, and their layout change.
+# `conv_linear` is a 1x1 conv used as a dense layer (timm ConvNeXt's `conv_mlp`); a `tensor` is a bare
+# parameter whose table key is its whole state_dict key (`cls_token`).
 SUFFIXES = {
     "conv": ("weight", "bias"),
     "bn": ("weight", "bias", "running_mean", "running_var"),
     "linear": ("weight", "bias"),
     "linear_nchw": ("weight", "bias"),
+    "conv_linear": ("weight", "bias"),
+    "layer_norm": ("weight", "bias"),
+    "layer_scale": ("gamma",),
 }
-KIND = {"conv": "conv", "bn": "bn", "linear": "dense", "linear_nchw": "dense"}
+KIND = {"conv": "conv", "bn": "bn", "linear": "dense", "linear_nchw": "dense", "conv_linear": "dense",
+        "layer_norm": "layer_norm", "layer_scale": "layer_scale", "tensor": "tensor"}
 IGNORED = {"num_batches_tracked"}
 VGG_CHANNELS = 512
 
@@ -35,6 +41,8 @@ def _relayout(kind: str, suffix: str, x: np.ndarray) -> np.ndarray:
         return x.transpose(2, 3, 1, 0)  # OIHW -> HWIO; depthwise (C, 1, k, k) -> (k, k, 1, C)
     if kind == "linear":
         return x.T
+    if kind == "conv_linear":
+        return x.reshape(x.shape[0], -1).T
     if kind == "linear_nchw":
         return mapping.nchw_flatten_to_nhwc(x.T, VGG_CHANNELS)
     return x
@@ -55,13 +63,20 @@ def detect(state: dict, path) -> ModelSpec:
     return identify(state, path)[0]
 
 
-def _group(state: dict) -> dict[str, dict[str, np.ndarray]]:
+def _group(state: dict, table: dict) -> dict[str, dict[str, np.ndarray]]:
+    """{module: {suffix: tensor}}; a key the table names whole (a `tensor`) is its own group."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for key, value in state.items():
         module, _, suffix = key.rpartition(".")
+        if table.get(key, ("", ""))[1] == "tensor" or not module:
+            module = suffix = key
         if suffix not in IGNORED:
             groups.setdefault(module, {})[suffix] = value
     return groups
+
+
+def _key(module: str, suffix: str) -> str:
+    return module if module == suffix else f"{module}.{suffix}"
 
 
 def convert(path):
@@ -74,13 +89,13 @@ def convert(path):
 def place(state: dict, table: dict, path) -> tuple[dict, list]:
     """A torch state_dict -> (flat Flax leaves, keys with no place in `table`), by module name and kind."""
     flat, unplaced = {}, []
-    for module, tensors in _group(state).items():
+    for module, tensors in _group(state, table).items():
         if module not in table:
-            unplaced += [f"{module}.{s}" for s in tensors]
+            unplaced += [_key(module, s) for s in tensors]
             continue
         dst, kind = table[module]
-        order = SUFFIXES[kind]
-        unplaced += [f"{module}.{s}" for s in tensors if s not in order]
+        order = SUFFIXES.get(kind, (module,))
+        unplaced += [_key(module, s) for s in tensors if s not in order]
         ordered = [_relayout(kind, s, np.asarray(tensors[s], np.float32)) for s in order if s in tensors]
         flat.update(mapping.leaves(KIND[kind], dst, ordered, f"{path}: module {module}"))
     return flat, unplaced

@@ -42,7 +42,7 @@ POOLS = ("avg", "max", "flatten")
 STORE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
 DEFAULT_RESIZE = {"torch": "shorter_center_crop", "caffe": "direct"}  # torchvision eval crop; Keras target_size
 DEFAULT_IMAGE_SIZE = 224
-EVAL_RESIZE = {"center": "shorter_center_crop", "squash": "direct"}  # timm's crop modes
+
 PARTIAL_SUFFIX = ".partial"
 SPACE_MARGIN = 1 << 20  # bytes kept free beyond a flush's estimate, for HDF5's metadata
 
@@ -159,13 +159,22 @@ def _plan(bundle, source, image_size, resize, split, interpolation: str | None =
     own = bundle.meta.get("input")  # the weights' own eval transform (a timm snapshot's pretrained_cfg)
     if own:
         size = check_size(own["size"] if image_size is None else int(image_size))
-        chosen = make_policy(resize or EVAL_RESIZE.get(own.get("crop_mode", "center"), "direct"),
-                             interpolation or own.get("interpolation", "bilinear"), decode, own.get("crop_pct"))
+        chosen = make_policy(resize or _eval_resize(own), interpolation or own.get("interpolation", "bilinear"),
+                             decode, own.get("crop_pct"))
         return Plan(order, size, chosen, chosen, split_name, record)
     size = check_size(DEFAULT_IMAGE_SIZE if image_size is None else int(image_size))
     chosen = make_policy(resize or DEFAULT_RESIZE.get(bundle.preprocessing, "direct"), interpolation or "bilinear",
                          decode)
     return Plan(order, size, chosen, chosen, split_name, record)
+
+
+def _eval_resize(own: dict) -> str:
+    """timm's crop mode as our resize: `center` is ours; the others are only approximated, and said so."""
+    mode = own.get("crop_mode", "center")
+    if mode != "center":
+        log.warning("the weights' eval transform crops in timm's %r mode, which is approximated by a centre crop "
+                    "of the shorter side; pass --resize to choose", mode)
+    return "shorter_center_crop"
 
 
 def _shard(plan: Plan, shard) -> Plan:

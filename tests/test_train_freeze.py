@@ -116,3 +116,50 @@ def test_dry_run_table():
     table = plan.table()
     assert "head/fc/kernel" in table and "(4096, 2)" in table and "frozen" in table
     assert table.splitlines()[-1] == f"trainable {4096 * 2 + 2:,}  frozen {134_260_544:,}  total {134_268_738:,}"
+
+
+CONVNEXT = ModelSpec("convnext_tiny", "keras", num_classes=3)
+
+
+def test_last_k_blocks_follow_depth_not_names():
+    """block10 is deeper than block9 (not alphabetical), across stages, and what follows the last block trains."""
+    plan = freeze.plan("last:4", RESNET.family, params_of(RESNET))
+    trained = sorted({"/".join(p.split("/")[:2]) for p in plan.trainable})
+    assert trained == ["head/fc", "stage3/block6", "stage4/block1", "stage4/block2", "stage4/block3"]
+    convnext = freeze.plan("last:10", CONVNEXT.family, params_of(CONVNEXT))
+    blocks = {"/".join(p.split("/")[:2]) for p in convnext.trainable if "/block" in p}
+    assert blocks == {"stage3/block9", "stage4/block1", "stage4/block2", "stage4/block3"} | {
+        f"stage3/block{i}" for i in range(3, 9)}
+    assert {"top_norm", "head"} <= set(trainable_modules(convnext))
+    with pytest.raises(UserError, match="only 16 blocks"):
+        freeze.plan("last:17", RESNET.family, params_of(RESNET))
+    with pytest.raises(UserError, match="positive integer"):
+        config.check_freeze("last:0")
+
+
+def test_bias_and_norm_presets():
+    bitfit = freeze.plan("bias", CONVNEXT.family, params_of(CONVNEXT))
+    assert all(p.endswith("/bias") or p.startswith("head/") for p in bitfit.trainable)
+    assert "stage2/block1/pointwise_conv_1/bias" in bitfit.trainable
+    assert "head/fc/kernel" in bitfit.trainable and "stage2/block1/pointwise_conv_1/kernel" not in bitfit.trainable
+    norms = freeze.plan("norm", CONVNEXT.family, params_of(CONVNEXT))
+    assert {p.rsplit("/", 2)[-2] for p in norms.trainable if not p.startswith("head/")} == {"norm", "top_norm"}
+    assert "stage2/block1/layer_scale/gamma" not in norms.trainable
+
+
+def test_layer_decay_scales_by_depth_and_keeps_frozen_params_frozen():
+    decay = 0.5
+    plan = freeze.plan("last:2", CONVNEXT.family, params_of(CONVNEXT), layer_decay=decay)
+    rules = plan.rules
+    n = 18  # ConvNeXt-T: 3 + 3 + 9 + 3 blocks
+    assert rules["head/fc/kernel"] == rules["top_norm/scale"] == "lr*1"  # depth n + 1
+    assert freeze.multiplier(rules["stage4/block3/norm/scale"]) == pytest.approx(decay ** 1)
+    assert freeze.multiplier(rules["stage4/block2/norm/scale"]) == pytest.approx(decay ** 2)
+    assert rules["stage4/block1/norm/scale"] == rules["stem/conv/kernel"] == freeze.FROZEN
+    everything = freeze.plan("all", CONVNEXT.family, params_of(CONVNEXT), layer_decay=decay).rules
+    assert freeze.multiplier(everything["stem/conv/kernel"]) == pytest.approx(decay ** (n + 1))
+    # stage 2's downsampling runs just before its first block (depth 4)
+    assert freeze.multiplier(everything["stage2/downsample/conv/kernel"]) == pytest.approx(decay ** (n + 1 - 4))
+    assert freeze.multiplier(everything["stage1/block1/norm/scale"]) == pytest.approx(decay ** n)
+    with pytest.raises(UserError, match="layer_decay"):
+        freeze.plan("all", CONVNEXT.family, params_of(CONVNEXT), layer_decay=1.5)

@@ -19,7 +19,7 @@ from research.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PHASE_FIELDS = ("freeze", "learning_rate", "optimizer", "schedule", "epochs")
+PHASE_FIELDS = ("freeze", "learning_rate", "optimizer", "schedule", "epochs", "layer_decay")
 # Fields that steer a run but not its result: a resumed run may change them.
 RUN_CONTROL = ("max_steps", "checkpoint", "log_every", "workers", "eval_batch_size")
 
@@ -37,7 +37,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.epochs = 1
     c.include_top = True  # keep the source's own top layers (VGG's fc1/fc2) under the new head
     c.head = dict(hidden=(), dropout=0.0, batch_norm=False, pool="flatten")
-    c.freeze = "head"  # a preset (head, top_block, all, from:TAP) or a tuple of (regex, rule) pairs
+    c.freeze = "head"  # a preset (head, top_block, all, from:TAP, last:K, bias, norm) or (regex, rule) pairs
+    c.layer_decay = 1.0  # < 1: layer-wise lr decay over the blocks (research/train/freeze.py)
     c.optimizer = dict(name="adam", momentum=0.0, nesterov=False, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
                        decay=0.9)
     c.learning_rate = 1e-3
@@ -126,12 +127,14 @@ def check_freeze(value) -> None:
     from research.train import freeze
 
     if isinstance(value, str):
-        if value not in ("head", "top_block", "all") and not value.startswith("from:"):
+        if value.startswith("last:"):
+            freeze.last_count(value)
+        elif value not in ("head", "top_block", "all", "bias", "norm") and not value.startswith("from:"):
             freeze.preset(value, "resnet")  # the unknown-preset error
         return
     if not isinstance(value, tuple) or not value:
-        raise UserError(f"config freeze must be a preset (head, top_block, all, from:TAP) or a tuple of "
-                        f"(regex, rule) pairs, got {value!r}")
+        raise UserError(f"config freeze must be a preset ({freeze.PRESETS}) or a tuple of (regex, rule) pairs, "
+                        f"got {value!r}")
     for item in value:
         if not isinstance(item, tuple):
             raise UserError(f"a freeze rule is a (regex, rule) pair of strings, got {item!r}")
@@ -222,6 +225,8 @@ def _check_phase(phase, where: str) -> None:
     for name in ("weight_decay", "momentum"):
         if phase.optimizer[name] < 0:
             raise UserError(f"{where}: optimizer.{name} must be non-negative, got {phase.optimizer[name]}")
+    if not 0 < phase.layer_decay <= 1:
+        raise UserError(f"{where}: layer_decay must be in (0, 1], got {phase.layer_decay}")
     if phase.schedule.warmup_epochs < 0:
         raise UserError(f"{where}: schedule.warmup_epochs must be non-negative, got {phase.schedule.warmup_epochs}")
 

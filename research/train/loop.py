@@ -80,7 +80,7 @@ def prepare(config, workdir: Path, echo) -> Setup:
     spec = heads.target_spec(bundle.spec, source.num_classes, config.head.to_dict(), config.include_top)
     variables = heads.attach(bundle.spec, bundle.variables, spec, config.image_size, config.seed)
     phases = configs.phases(config)
-    plans = [freeze.plan(p.freeze, spec.family, variables["params"]) for p in phases]
+    plans = [freeze.plan(p.freeze, spec.family, variables["params"], p.layer_decay) for p in phases]
     split = _split(source, config)
     mesh = steps.mesh()
     steps.check_batch(config.batch_size, mesh)

@@ -12,6 +12,11 @@ import numpy as np
 STYLES = ("weights.h5", "keras", "model_h5", "legacy_h5", "keras2_h5", "keras2016_h5")
 
 
+def case_values(case) -> tuple:
+    """A parametrize case's values, whether a plain tuple or a `pytest.param` (marked `full`, say)."""
+    return tuple(getattr(case, "values", case))
+
+
 def randomize(model, seed: int = 0) -> None:
     """He-scaled kernels and random BatchNorm statistics: Keras' defaults of 0 and 1 would hide a swap."""
     import keras

@@ -76,6 +76,7 @@ def test_matches_keras_at_every_tap(name, kwargs, arch, include_top, size, style
     keras_files.check_styles(model, arch, styles, images, ref, tmp_path, expected)
 
 
+@pytest.mark.full  # builds all six members in Keras: 115 s on a loaded machine
 def test_keras_rounding_of_widths():
     """`depth` and the configs against the Keras builds' own layer shapes, every member."""
     for name, kwargs, arch in FULL:

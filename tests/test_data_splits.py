@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from research.data.splits import class_counts, given, stratified
+from research.data.splits import class_counts, given, stratified, train_on_validation
 from research.errors import UserError
 
 SIZES = {"a": 10, "b": 7, "c": 3, "d": 1, "e": 80}
@@ -80,3 +80,13 @@ def test_assignment_and_given():
 def test_bad_fractions_are_user_errors(test, val, seed):
     with pytest.raises(UserError):
         stratified(*listing(), test=test, validation=val, seed=seed)
+
+
+def test_train_on_validation_moves_validation_into_train():
+    labels, paths, names = listing()
+    split = stratified(labels, paths, names, test=0.2, validation=0.2, seed=1)
+    merged = train_on_validation(split)
+    assert sorted(merged.train) == sorted(np.concatenate([split.train, split.validation]))
+    assert len(merged.validation) == 0 and np.array_equal(merged.test, split.test)
+    assert merged.record["train"] == sorted(split.record["train"] + split.record["validation"])
+    assert merged.record["validation_in_train"] == len(split.validation) > 0

@@ -311,3 +311,10 @@ def test_a_cell_that_fails_on_its_data_is_skipped_and_the_grid_goes_on(tmp_path,
     out = k.run(["resnet50"], ["aircraft"], data=[f"aircraft={root}"], workdir=tmp_path / "w", echo=lambda *_: None)
     assert out["skipped"] == 1 and "label_names differ" in out["rows"][0]["reason"]
     assert (k.cell_dir(tmp_path / "w", k.ARCH_BY_KEY["resnet50"], k.DATASET_BY_KEY["aircraft"]) / k.SKIPPED).is_file()
+
+
+@pytest.mark.parametrize("dataset", sorted(LINEAR))
+def test_r50_finetune_configs_train_on_train_and_validation(dataset):
+    """The paper's final fit uses train + validation (Flowers-102: 2,040 images), as the linear configs do."""
+    finetune = experiments.get(f"kornblith_r50_finetune_{dataset}")
+    assert finetune.finetune.overrides["split"]["train_on_validation"] is True

@@ -1,7 +1,8 @@
 """Kornblith, Shlens & Le (CVPR 2019), supervised ResNet-50 on Caltech-101, fine-tuning of all layers (Sec. 4.2;
 the
 appendix's fine-tuning protocol): SGD with Nesterov momentum 0.9, cosine decay, batch 256, 20,000 steps,
-random-resized crops and flips; one lr/weight-decay point of the paper's grid, trained on the TFDS train split.
+random-resized crops and flips; one lr/weight-decay point of the paper's grid as
+its final fit, trained on the paper's training set.
 
 Metric: mean per-class accuracy on test, as the paper reports for this dataset.
 Reported: 93.3% (linear 94.5 / fine-tuned 93.3, as reprinted in SimCLR Table 8 and BYOL Table 3).

@@ -73,6 +73,15 @@ def given(split_ids, paths) -> Split:
     return Split(index["train"], index["validation"], index["test"], record)
 
 
+def train_on_validation(split: Split) -> Split:
+    """The validation records moved into train (a final fit after choosing on validation); none left to pick
+    a best epoch with, so the last one is kept."""
+    train = np.sort(np.concatenate([split.train, split.validation]))
+    record = {**split.record, "train": sorted(split.record["train"] + split.record["validation"]),
+              "validation": [], "validation_in_train": len(split.validation)}
+    return Split(train, split.validation[:0], split.test, record)
+
+
 def class_counts(n: int, test: float, validation: float) -> tuple[int, int]:
     """(test, validation) counts for a class of n, leaving at least one for training."""
     n_test, n_val = _round(test * n), _round(validation * n)

@@ -29,7 +29,9 @@ def defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.weights = ""  # a weight file or converted checkpoint, as research.load takes
     c.data = ""  # a dataset spec, as research.data.open takes
-    c.split = dict(test=0.0, validation=0.0)  # per-class fractions, for sources without given splits
+    # per-class fractions, for sources without given splits; train_on_validation: the final fit of a protocol
+    # that chose its settings on validation (Kornblith et al.) trains on train + validation
+    c.split = dict(test=0.0, validation=0.0, train_on_validation=False)
     c.image_size = 224
     c.resize = "direct"  # or shorter_center_crop
     c.batch_size = 32

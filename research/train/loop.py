@@ -102,9 +102,11 @@ def _version() -> str:
 
 def _split(source, config) -> splits.Split:
     if source.split is not None:
-        return splits.given(source.split, source.paths)
-    return splits.stratified(source.labels, source.paths, source.class_names, test=config.split.test,
-                             validation=config.split.validation, seed=config.seed)
+        split = splits.given(source.split, source.paths)
+    else:
+        split = splits.stratified(source.labels, source.paths, source.class_names, test=config.split.test,
+                                  validation=config.split.validation, seed=config.seed)
+    return splits.train_on_validation(split) if config.split.train_on_validation else split
 
 
 def _claim(setup: Setup) -> None:

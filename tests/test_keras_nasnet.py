@@ -2,10 +2,12 @@
 
 Random weights and BatchNorm statistics (`keras_files.randomize`), real photos. CI builds NASNetMobile once, with
 its top, at 72 px, whose maps (35, 18, 9, 5, 3 px) make both kinds of stride-2 padding and the odd edge of the
-adjust path's shifted half appear; the no-top files are written from the same Keras graph cut at its global
-average pool (the layers `include_top=False, pooling="avg"` builds, with their names), which saves a second
-~15 s Keras build. `python -m pytest -m full tests/test_keras_nasnet.py` runs both members at their default sizes
-and the fresh-head, bf16 and `top_block` freezing checks.
+adjust path's shifted half appear, and checks every tap in two file styles; the other two styles are written from
+the same Keras graph cut at its global average pool (the layers `include_top=False, pooling="avg"` builds, with
+their names) and must convert to the same variables less the head. That keeps CI to one Keras build and one full
+compile of ours (each ~15 s on 2 cores). `python -m pytest -m full tests/test_keras_nasnet.py` runs both members
+at their default sizes with their top, NASNetMobile without it at every tap, and the fresh-head, bf16 and
+`top_block` freezing checks.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 import research
+from research import parity
 from research.errors import UserError
 from research.models import ModelSpec, nasnet
 from tests import keras_files
@@ -55,16 +58,37 @@ def mobile(photos):
     return model, headless, images, reference
 
 
-@pytest.mark.parametrize("include_top,styles", [(True, ("keras2_h5", "weights.h5")), (False, ("legacy_h5", "keras"))],
-                         ids=["top", "notop"])
-def test_nasnet_mobile_matches_keras(include_top, styles, mobile, tmp_path):
+def test_nasnet_mobile_with_top_matches_keras(mobile, tmp_path):
+    model, _, images, reference = mobile
+    expected = {"arch": "nasnet_mobile", "layout": "keras", "include_top": True, "num_classes": 1000,
+                "preprocessing": "tf"}
+    keras_files.check_styles(model, "nasnet_mobile", ("keras2_h5", "weights.h5"), images, reference, tmp_path,
+                             expected)
+
+
+def test_nasnet_mobile_without_top_converts_alike(mobile, tmp_path):
+    """The headless files load as no-top specs with the with-top file's variables less `head`, and match Keras at
+    the first taps. The forward is the with-top one stopped at `pre_logits` (checked at every tap above; every tap
+    of a real `include_top=False` build runs with -m full), so CI spares its ~15 s compile."""
+    import jax
+
     model, headless, images, reference = mobile
-    if not include_top:
-        model, reference = headless, {k: v for k, v in reference.items() if k != "logits"}
-        assert "predictions" not in [layer.name for layer in model.layers]
-    expected = {"arch": "nasnet_mobile", "layout": "keras", "include_top": include_top,
-                "num_classes": 1000 if include_top else 0, "preprocessing": "tf"}
-    keras_files.check_styles(model, "nasnet_mobile", styles, images, reference, tmp_path, expected)
+    assert "predictions" not in [layer.name for layer in headless.layers]
+    path = tmp_path / "top.weights.h5"
+    model.save_weights(path)
+    variables = research.load(path).variables
+    variables = {**variables, "params": {k: v for k, v in variables["params"].items() if k != "head"}}
+    for style in ("legacy_h5", "keras"):
+        path = tmp_path / f"notop{keras_files.suffix(style)}"
+        keras_files.write(headless, path, style)
+        bundle = research.load(path)
+        assert (bundle.spec.arch, bundle.spec.include_top, bundle.spec.num_classes) == ("nasnet_mobile", False, 0)
+        assert bundle.preprocessing == "tf" and bundle.spec.taps == nasnet.TAPS[:-1]
+        assert jax.tree.structure(bundle.variables) == jax.tree.structure(variables)
+        assert all(jax.tree.leaves(jax.tree.map(np.array_equal, bundle.variables, variables))), style
+    out = bundle.features(images, taps=["stem", "stage1"])
+    for tap in out:
+        assert parity.relative_error(out[tap], reference[tap]) <= parity.FLOAT32, tap
 
 
 def test_specs_and_freeze_presets():
@@ -108,6 +132,18 @@ def test_every_member_at_its_default_size(arch, photos, tmp_path):
     worst = keras_files.check_styles(model, arch, ("keras2_h5", "weights.h5"), images, reference, tmp_path, expected)
     print(f"\nPARITY {arch} {size}px: {time.perf_counter() - start:.0f} s, worst relative error {worst:.1e}")
     keras.backend.clear_session()
+
+
+@pytest.mark.full
+def test_nasnet_mobile_without_top_at_every_tap(photos, tmp_path):
+    model = build("nasnet_mobile", 224, include_top=False, seed=1)
+    images = resize(photos, 224)
+    reference = keras_files.reference(model, keras_taps(model, "nasnet_mobile"), images, "tf")
+    expected = {"arch": "nasnet_mobile", "layout": "keras", "include_top": False, "num_classes": 0,
+                "preprocessing": "tf"}
+    worst = keras_files.check_styles(model, "nasnet_mobile", ("legacy_h5", "keras"), images, reference, tmp_path,
+                                     expected)
+    print(f"\nPARITY nasnet_mobile 224px without top: worst relative error {worst:.1e}")
 
 
 @pytest.mark.full

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from research.errors import UserError
 from research.models import (convnext, densenet, efficientnet, efficientnet_v2, inception, mobilenet, mobilenet_v3,
-                            registry, resnet, resnet_v2, vgg, xception)
+                            nasnet, registry, resnet, resnet_v2, vgg, xception)
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -29,6 +29,7 @@ registry.register(xception.FAMILY)
 registry.register(inception.FAMILY)
 registry.register(mobilenet_v3.FAMILY)
 registry.register(convnext.FAMILY)
+registry.register(nasnet.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,21 @@ def depthwise(conv, x, kernel: int, stride: int, padding, name: str):
                 name=name)(x)
 
 
+class SeparableConv(nn.Module):
+    """Keras' SeparableConv2D without bias, TF SAME padding: the kxk `depthwise` conv (carrying the stride), then
+    the 1x1 `pointwise` conv (Xception, NASNet)."""
+    features: int
+    conv: Any
+    kernel: int = 3
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        k, s = self.kernel, self.stride
+        x = depthwise(self.conv, x, k, s, layers.conv_padding(x.shape[1:3], k, s), "depthwise")
+        return self.conv(self.features, (1, 1), padding=layers.pad(0), name="pointwise")(x)
+
+
 class ConvBN(nn.Module):
     """Conv, BatchNorm, activation: the stems and tops of EfficientNet and MobileNet (params `conv`, `bn`)."""
     features: int

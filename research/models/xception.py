@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.models import heads, layers
-from research.models.blocks import depthwise, mobile_partials
+from research.models.blocks import SeparableConv, mobile_partials
 from research.models.resnet import Downsample
 from research.models.registry import Arch, Family, Source, TapCollector, keras_auto_names
 
@@ -47,17 +47,6 @@ def max_pool_same(x, window: int, stride: int):
     """Max-pool with TF's SAME padding (the extra pixel bottom/right), padded with -inf."""
     padding = layers.conv_padding(x.shape[1:3], window, stride)
     return layers.max_pool(jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf), window, stride)
-
-
-class SeparableConv(nn.Module):
-    """Keras' SeparableConv2D (3x3, stride 1, SAME): `depthwise`, then the 1x1 `pointwise` conv."""
-    features: int
-    conv: Any
-
-    @nn.compact
-    def __call__(self, x):
-        x = depthwise(self.conv, x, 3, 1, layers.conv_padding(x.shape[1:3], 3, 1), "depthwise")
-        return self.conv(self.features, (1, 1), padding=layers.pad(0), name="pointwise")(x)
 
 
 class Block(nn.Module):

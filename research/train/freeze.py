@@ -23,15 +23,16 @@ FROZEN = "frozen"
 RULE = re.compile(r"^(frozen|train|lr\*(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
 
 
-def preset(name: str, family: str) -> tuple[tuple[str, str], ...]:
+def preset(name: str, family: str, present=()) -> tuple[tuple[str, str], ...]:
     """A named rule list, cut at the family's modules (its registry record); `from:TAP` trains the module
-    producing TAP and all after it."""
+    producing TAP and all after it. `present`: the params' top-level modules, for a `top_block` that depends
+    on them (a ViT's last block)."""
     record = registry.family(family)
     modules = record.modules
     if name == "head":
         start = registry.HEAD
     elif name == "top_block":
-        start = record.top_block
+        start = record.top_block if isinstance(record.top_block, str) else record.top_block(present)
     elif name == "all":
         return ((".*", "train"),)
     elif name.startswith("from:"):
@@ -44,10 +45,10 @@ def preset(name: str, family: str) -> tuple[tuple[str, str], ...]:
     return ((f"^({trained})/", "train"), (".*", FROZEN))
 
 
-def rules_of(freeze, family: str) -> tuple[tuple[str, str], ...]:
+def rules_of(freeze, family: str, present=()) -> tuple[tuple[str, str], ...]:
     """A config's `freeze` (a preset name or a sequence of pairs) as checked (regex, rule) pairs."""
     if isinstance(freeze, str):
-        return preset(freeze, family)
+        return preset(freeze, family, present)
     pairs = []
     for item in freeze:
         if len(item) != 2 or not all(isinstance(x, str) for x in item):
@@ -136,4 +137,5 @@ def plan(freeze, family: str, params) -> Plan:
     """Resolves a config's `freeze` against `params` (arrays or shapes)."""
     flat = flat_paths(params)
     shapes = {p: tuple(getattr(v, "shape", v)) for p, v in flat.items()}
-    return Plan(assign(rules_of(freeze, family), list(flat)), shapes)
+    present = {p.split("/")[0] for p in flat}
+    return Plan(assign(rules_of(freeze, family, present), list(flat)), shapes)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from research.errors import UserError
+from research.models import layers
 from research.models.heads import Head
 from research.models.registry import HEAD, Arch, Family, Source, TapCollector
 
@@ -409,6 +410,7 @@ FAMILY = Family(
     # without a config.json: ImageNet's mean/std (DeiT, DeiT III, DINOv2, MAE; AugReg and CLIP differ)
     sources={"timm": Source("torch", timm_names, detect_timm,
                             "timm ViT/DeiT/DeiT III/DINOv2/CLIP", options=timm_options)},
+    bn={"timm": layers.BN_SETTINGS["torchvision"]},  # no BatchNorm; only for a fresh head with batch_norm
     tap_modules={"pre_logits": "attn_pool"},
     spec_taps=spec_taps,
     prefix_tokens=prefix_tokens,

@@ -310,7 +310,8 @@ def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_si
     return {"format": hdf5.FORMAT, "format_version": hdf5.FORMAT_VERSION, "arch": bundle.spec.arch,
             "layout": bundle.spec.layout, "model": bundle.spec.to_dict(), "weights_sha256": weights.get("sha256"),
             "weights_file": weights.get("file"), "taps": list(taps),
-            **({"tap": taps[0], "pooling": pooling[taps[0]]} if len(taps) == 1 else {"pooling": pool or _summary(pooling)}),
+            **({"tap": taps[0], "pooling": pooling[taps[0]]} if len(taps) == 1
+               else {"pooling": pool or _summary(pooling)}),
             "preprocessing": bundle.preprocessing, "image_size": plan.image_size, "resize": plan.policy.method,
             "interpolation": plan.policy.interpolation, "resize_policy": plan.policy.record(plan.image_size),
             "dataset_spec": source.spec, "listing_sha256": listing, "split": plan.split,

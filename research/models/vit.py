@@ -357,9 +357,10 @@ def detect_timm(state: dict) -> str | None:
 
 
 def timm_options(model_args: dict, state: dict) -> dict:
-    """ModelSpec options from a snapshot's model_args: what differs from the arch's own build."""
-    unknown = sorted(k for k in model_args if k not in ARG_OPTIONS | IGNORED_ARGS | set(FIXED_ARGS) | {"img_size",
-                                                                                                     "init_values"})
+    """ModelSpec options from a snapshot's model_args (the tensors' shapes are checked against the result
+    later, by mapping.assemble)."""
+    known = ARG_OPTIONS | IGNORED_ARGS | set(FIXED_ARGS) | {"img_size", "init_values"}
+    unknown = sorted(k for k in model_args if k not in known)
     fixed = sorted(f"{k}={model_args[k]!r}" for k, v in FIXED_ARGS.items() if k in model_args and model_args[k] != v)
     if unknown or fixed:
         raise UserError(f"timm ViT model_args not supported: {', '.join(unknown + fixed)}")
@@ -374,6 +375,8 @@ def timm_options(model_args: dict, state: dict) -> dict:
         out["input_size"] = int(size[0])
     if out.get("global_pool", "token") not in POOLS:
         raise UserError(f"timm ViT global_pool {out['global_pool']!r}; supported: {', '.join(POOLS)}")
+    if out.get("class_token") is False and out.get("global_pool", "token") == "token":
+        raise UserError("timm ViT model_args: global_pool 'token' needs the class token (class_token is false)")
     if out.get("act_layer", "gelu") not in ("gelu", "quick_gelu"):
         raise UserError(f"timm ViT act_layer {out['act_layer']!r}; supported: gelu, quick_gelu")
     if not 1 <= out.get("depth", 1) <= MAX_DEPTH:

@@ -110,6 +110,22 @@ def test_parity_with_timm(case, snapshots, photos):
     jax.tree.map(np.testing.assert_array_equal, from_bin.variables, bundle.variables)
 
 
+@pytest.mark.parametrize("old,new", [(37, (16, 16)), (14, (4, 4)), (7, (10, 10)), (14, (6, 9))])
+def test_resample_pos_embed_is_torch_antialiased_bicubic(old, new):
+    """timm's resample_abs_pos_embed calls F.interpolate(bicubic, antialias=True) (its default), which is not
+    torch's plain bicubic (Keys a=-0.75, clamped borders) but a=-0.5 with renormalised borders, as JAX's."""
+    import torch
+    import torch.nn.functional as F
+    from research.models.vit import resample_pos_embed
+    grid = np.random.default_rng(old).normal(size=(1, old, old, 8)).astype(np.float32)
+    ours = np.asarray(resample_pos_embed(grid.reshape(1, old * old, 8), new)).reshape(1, *new, 8)
+    nchw = torch.from_numpy(grid).permute(0, 3, 1, 2)
+    torch_aa, torch_plain = (F.interpolate(nchw, size=new, mode="bicubic", antialias=aa).permute(0, 2, 3, 1).numpy()
+                             for aa in (True, False))
+    assert parity.relative_error(ours, torch_aa) <= parity.FLOAT32
+    assert parity.relative_error(ours, torch_plain) > 10 * parity.FLOAT32
+
+
 def test_bfloat16_within_tolerance(snapshots, photos):
     model, safe, _ = snapshots(CASES[4])
     compare(research.load(safe), model, resize(photos[:2], 112), dtype="bfloat16", tolerance=parity.BFLOAT16)

@@ -22,6 +22,7 @@ import pytest
 
 import research
 from research import parity
+from research.cli import main
 from research.errors import UserError
 from research.features import dump, read
 from research.features.dump import pool_tap, tap_pooling
@@ -256,9 +257,12 @@ def test_features_pool_token_taps(tmp_path):
     weights = timm_files.snapshot(model, tmp_path / "snapshot")
     data = make_folder(tmp_path / "data", per_class=2, bad=False)
     files = {pool: dump(weights, data, ["block1", "pre_logits"], tmp_path / f"{pool}.h5", pool=pool, batch_size=4)
-             for pool in (None, "avg", "cls+avg")}
+             for pool in (None, "avg")}
+    assert main(["features", "--weights", str(weights), "--data", str(data), "--tap", "block1", "--tap",
+                 "pre_logits", "--pool", "cls+avg", "--batch-size", "4", "--out", str(tmp_path / "both.h5")]) == 0
     got = {pool: read(result.out)["features"] for pool, result in files.items()}
-    assert files[None].dims == {"block1": 32, "pre_logits": 32} and files["cls+avg"].dims["block1"] == 64
+    got["cls+avg"] = read(tmp_path / "both.h5")["features"]
+    assert files[None].dims == {"block1": 32, "pre_logits": 32} and got["cls+avg"]["block1"].shape[1] == 64
     assert read(files[None].out)["attrs"]["pooling"] == "cls"  # block1's; pre_logits is a vector ("none")
     cls, avg, both = (got[p]["block1"] for p in (None, "avg", "cls+avg"))
     np.testing.assert_array_equal(both, np.concatenate([cls, avg], -1))

@@ -75,8 +75,10 @@ def add_features_parser(sub) -> None:
     p.add_argument("--weights", required=True, help="a weight file or converted checkpoint (as research.load)")
     p.add_argument("--data", required=True, help="a dataset spec: a class-folder tree, a split tree, or a pack")
     p.add_argument("--tap", action="append", required=True, help="a tap to dump; repeat for several in one pass")
-    p.add_argument("--pool", default="avg", choices=["avg", "max", "flatten"],
-                   help="how spatial taps become vectors (flatten is NHWC order, as Keras)")
+    p.add_argument("--pool", choices=["avg", "max", "flatten", "cls", "cls+avg"],
+                   help="how spatial taps become vectors (default avg; flatten is NHWC order, as Keras) and token "
+                   "taps (default cls where the model has a class token, else avg: the mean of the patch tokens; "
+                   "cls+avg concatenates both, as DINOv2's linear probe)")
     p.add_argument("--image-size", type=int, help="the side N of the model input (default 224; a pack's own)")
     p.add_argument("--resize", choices=["direct", "shorter_center_crop"],
                    help="default: the weights' own eval transform (timm snapshots), else shorter_center_crop for "

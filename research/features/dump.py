@@ -38,7 +38,8 @@ from research.features import hdf5
 
 log = logging.getLogger(__name__)
 
-POOLS = ("avg", "max", "flatten")
+POOLS = ("avg", "max", "flatten", "cls", "cls+avg")
+TOKEN_POOLS = ("cls", "cls+avg")  # token taps (N, T, C) only; `avg`, `max` there pool the patch tokens
 STORE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
 DEFAULT_RESIZE = {"torch": "shorter_center_crop", "caffe": "direct"}  # torchvision eval crop; Keras target_size
 DEFAULT_IMAGE_SIZE = 224
@@ -78,12 +79,14 @@ class Plan:
     shard: list | None = None  # [i, n] for one process's block
 
 
-def dump(weights, data, taps, out, pool: str = "avg", image_size: int | None = None, resize: str | None = None,
+def dump(weights, data, taps, out, pool: str | None = None, image_size: int | None = None, resize: str | None = None,
          batch_size: int = 64, buffer_size: int = 1000, split: str | None = None, dtype: str = "float32",
          overwrite: bool = False, workers: int | None = None, progress: bool | None = None,
          shard: tuple[int, int] | None = None, interpolation: str | None = None, decode: str = "default") -> DumpResult:
     """Features of `data` (a `research.data.open` spec) at `taps` of `weights` (anything `research.load` takes,
     or a Bundle) into the HDF5 file `out`; see the module docstring. `progress` None: a bar on a terminal.
+    `pool` None: `avg` for spatial taps; for token taps `cls` where the model has a class token, else `avg`
+    (`tap_pooling`).
 
     `shard=(i, n)` (one process of n) dumps only the i-th contiguous block of the records; `hdf5.stitch` joins
     the n shard files into one whose `features` is a virtual dataset over them. `interpolation` is the resize
@@ -112,7 +115,7 @@ def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer
     bundle.check_images(np.zeros((1, plan.image_size, plan.image_size, 3), np.uint8))
     devices = Devices()
     run = Runner(bundle, taps, pool, dtype, devices)
-    pooling = {t: pool if len(s) == 4 else "none" for t, s in run.shapes(plan.image_size, pooled=False).items()}
+    pooling = {t: tap_pooling(pool, len(s), run.prefix) for t, s in run.shapes(plan.image_size, pooled=False).items()}
     attrs = _provenance(bundle, source, taps, pooling, pool, plan, dtype, batch_size, devices.count)
     partial = partial_path(out)
     start = time.perf_counter()
@@ -137,7 +140,7 @@ def _check_out(out: Path, overwrite: bool) -> Path:
 
 
 def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int) -> None:
-    if pool not in POOLS:
+    if pool is not None and pool not in POOLS:
         raise UserError(f"unknown pooling {pool!r}; known: {', '.join(POOLS)}")
     if dtype not in STORE_DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(STORE_DTYPES)}")
@@ -222,13 +225,43 @@ class Devices:
         return jax.device_put(images, self.batch), n
 
 
-def pool_tap(value, pool: str):
-    """Spatial (NHWC) taps pooled over H, W or flattened in NHWC order (as Keras' Flatten); vectors as they are."""
-    if value.ndim == 2:
+def tap_pooling(pool: str | None, ndim: int, prefix: tuple = ()) -> str:
+    """How a tap of `ndim` dims is pooled under `pool` (None: the default); `prefix` names the model's tokens
+    before the patch tokens (registry.Family.prefix_tokens), e.g. ("cls", "reg1", ...)."""
+    if ndim == 2:
+        return "none"
+    if ndim == 4:
+        if pool in TOKEN_POOLS:
+            raise UserError(f"pooling {pool!r} is for token taps (a Vision Transformer's); use avg, max or flatten")
+        return pool or "avg"
+    has_cls = tuple(prefix[:1]) == ("cls",)
+    chosen = pool or ("cls" if has_cls else "avg")
+    if chosen in TOKEN_POOLS and not has_cls:
+        raise UserError(f"pooling {chosen!r} needs a class token, and this model has none; use avg")
+    return chosen
+
+
+def pool_tap(value, pool: str | None, prefix: tuple = ()):
+    """Spatial (NHWC) taps pooled over H, W or flattened in NHWC order (as Keras' Flatten); token taps (N, T, C)
+    as the class token, the mean (or max) of the patch tokens (the prefix tokens left out), both concatenated
+    (DINOv2's linear probe), or flattened whole; vectors as they are."""
+    how = tap_pooling(pool, value.ndim, prefix)
+    if how == "none":
         return value
-    if pool == "flatten":
+    if how == "flatten":
         return value.reshape(value.shape[0], -1)
-    return value.mean(axis=(1, 2)) if pool == "avg" else value.max(axis=(1, 2))
+    if value.ndim == 4:
+        return value.mean(axis=(1, 2)) if how == "avg" else value.max(axis=(1, 2))
+    patches = value[:, len(prefix):]
+    pooled = {"cls": lambda: value[:, 0], "avg": lambda: patches.mean(axis=1), "max": lambda: patches.max(axis=1),
+              "cls+avg": lambda: jnp.concatenate([value[:, 0], patches.mean(axis=1)], axis=-1)}
+    return pooled[how]()
+
+
+def prefix_tokens(spec) -> tuple:
+    """The tokens before the patch tokens in the spec's token taps; () for families without any."""
+    hook = spec.record.prefix_tokens
+    return tuple(hook(spec)) if hook else ()
 
 
 @functools.lru_cache(maxsize=32)
@@ -237,10 +270,12 @@ def _pooled_forward(spec, taps, preprocessing, pool, dtype):
     from research.bundle import forward_body, forward_fn
 
     forward = forward_body(spec, taps, "float32", preprocessing)
+    prefix = prefix_tokens(spec)
 
     @xla.jit
     def run(variables, images):
-        return {t: pool_tap(v, pool).astype(STORE_DTYPES[dtype]) for t, v in forward(variables, images).items()}
+        return {t: pool_tap(v, pool, prefix).astype(STORE_DTYPES[dtype])
+                for t, v in forward(variables, images).items()}
 
     return forward_fn(spec, taps, "float32", preprocessing), run
 
@@ -250,6 +285,7 @@ class Runner:
 
     def __init__(self, bundle, taps, pool, dtype, devices: Devices):
         self.raw, self.fn = _pooled_forward(bundle.spec, taps, bundle.preprocessing, pool, dtype)
+        self.prefix = prefix_tokens(bundle.spec)
         self.devices = devices
         self.variables = bundle.placed(devices.replicated)
         self._shapes = {}
@@ -283,12 +319,18 @@ def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_si
     return {"format": hdf5.FORMAT, "format_version": hdf5.FORMAT_VERSION, "arch": bundle.spec.arch,
             "layout": bundle.spec.layout, "model": bundle.spec.to_dict(), "weights_sha256": weights.get("sha256"),
             "weights_file": weights.get("file"), "taps": list(taps),
-            **({"tap": taps[0], "pooling": pooling[taps[0]]} if len(taps) == 1 else {"pooling": pool}),
+            **({"tap": taps[0], "pooling": pooling[taps[0]]} if len(taps) == 1
+               else {"pooling": pool or _summary(pooling)}),
             "preprocessing": bundle.preprocessing, "image_size": plan.image_size, "resize": plan.policy.method,
             "interpolation": plan.policy.interpolation, "resize_policy": plan.policy.record(plan.image_size),
             "dataset_spec": source.spec, "listing_sha256": listing, "split": plan.split,
             "split_record": plan.split_record, "shard": plan.shard, "research_version": __version__,
             "dtype": dtype, "batch_size": batch_size, "device_count": device_count, hdf5.ARGS_HASH: args_hash}
+
+
+def _summary(pooling: dict) -> str:
+    """The root `pooling` of a several-tap file without an explicit --pool: the poolings the taps got."""
+    return ",".join(sorted(set(pooling.values()) - {"none"})) or "none"
 
 
 @dataclasses.dataclass

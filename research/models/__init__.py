@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from research.errors import UserError
 from research.models import (convnext, densenet, efficientnet, efficientnet_v2, inception, mobilenet, mobilenet_v3,
-                            nasnet, registry, resnet, resnet_v2, vgg, xception)
+                            nasnet, registry, resnet, resnet_v2, vgg, vit, xception)
 from research.models.heads import Classifier, HeadSpec
 from research.models.registry import ARCHS, Family
 
@@ -30,6 +30,7 @@ registry.register(inception.FAMILY)
 registry.register(mobilenet_v3.FAMILY)
 registry.register(convnext.FAMILY)
 registry.register(nasnet.FAMILY)
+registry.register(vit.FAMILY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,8 @@ class ModelSpec:
     def taps(self) -> tuple[str, ...]:
         """The taps this model has, shallowest first."""
         record = self.record
-        taps = tuple(t for t in record.archs[self.arch].taps or record.taps if t != "logits" and (self.include_top or t not in record.top_taps))
+        every = record.spec_taps(self) if record.spec_taps else record.archs[self.arch].taps or record.taps
+        taps = tuple(t for t in every if t != "logits" and (self.include_top or t not in record.top_taps))
         return taps + (("logits",) if self.num_classes else ())
 
     @property

@@ -76,19 +76,25 @@ class Family:
     input to output (what freeze presets cut). `top_block`: where the `top_block` preset starts. `top_taps`:
     taps that exist only with the source's top (VGG's fc1, fc2). `feed_taps`: what a fresh head reads, the first
     of these the model has. `bn`: BatchNorm settings per layout (an `Arch` may have its own). `fixed_input`:
-    whether a spec's input size is fixed at its arch's `input_size` (a flatten into a dense layer)."""
+    whether a spec's input size is fixed at its arch's `input_size` (a flatten into a dense layer).
+    `top_block` may be a function of the params' top-level module names (a ViT's last block depends on its
+    depth). `spec_taps`: a spec's taps where they depend on more than its arch (a depth from the snapshot's
+    config). `prefix_tokens`: the tokens before the patch tokens in a token tap (N, T, C), e.g. ("cls",), where
+    the family has token taps (`research features` pools them)."""
     name: str
     archs: Mapping[str, Arch]
     build: Callable[..., Any]  # (spec, arch config, num_classes=, dtype=, frozen_bn=) -> the Flax module
     taps: tuple[str, ...]
     modules: tuple[str, ...]
-    top_block: str
+    top_block: str | Callable[[Any], str]
     sources: Mapping[str, Source]
     bn: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
     tap_modules: Mapping[str, str] = dataclasses.field(default_factory=dict)
     top_taps: tuple[str, ...] = ()
     feed_taps: tuple[str, ...] = ("pre_logits",)
     fixed_input: Callable[[Any], bool] = _never
+    spec_taps: Callable[[Any], tuple[str, ...]] | None = None
+    prefix_tokens: Callable[[Any], tuple[str, ...]] | None = None
 
     def module_of(self, tap: str) -> str | None:
         """The top-level module whose output is `tap`; None where that module holds no params (a pool)."""

@@ -51,7 +51,7 @@ def preset(name: str, family: str, paths=()) -> tuple[tuple[str, str], ...]:
     if name == "head":
         start = registry.HEAD
     elif name == "top_block":
-        start = record.top_block
+        start = record.top_block if isinstance(record.top_block, str) else record.top_block(_tops(paths))
     elif name.startswith("from:"):
         start = record.module_of(name.removeprefix("from:"))
         if start is None:
@@ -112,6 +112,11 @@ def depths(paths, modules) -> dict[str, int]:
         else:
             out[path] = 0 if top not in modules or modules.index(top) <= first else len(found) + 1
     return out
+
+
+def _tops(paths) -> set[str]:
+    """The top-level modules of param `paths`: what a `top_block` that depends on the model's depth reads."""
+    return {p.split("/")[0] for p in paths}
 
 
 def rules_of(freeze, family: str, paths=()) -> tuple[tuple[str, str], ...]:

@@ -289,3 +289,35 @@ def test_full_arch_at_default_size(entry, tmp_path, photos):
     bf16 = compare(bundle, model, images, dtype="bfloat16", tolerance=parity.BFLOAT16)
     print(f"\n| {name}{' (no head)' if kwargs else ''} | {size} px | {time.perf_counter() - start:.0f} s | "
           f"{max(errors.values()):.1e} | {max(bf16.values()):.1e} |")
+
+
+def test_finetune_last_blocks_with_layer_decay(tmp_path):
+    """`research finetune` on a DINOv2-style snapshot with `last:1` and layer-wise decay: the earlier block, the
+    patch embedding and the tokens stay bit for bit as loaded (LayerNorms included); the last block trains at
+    `layer_decay` times the head's rate; the workdir loads back as the same timm arch."""
+    from flax import traverse_util
+
+    from research.train import checkpoint, finetune, freeze
+    from tests.train_fixtures import make_dataset, tiny_config
+
+    model = timm_files.create("vit_small_patch14_reg4_dinov2", seed=8, depth=2, embed_dim=32, num_heads=2,
+                              img_size=28)
+    timm_files.snapshot(model, tmp_path / "snap")
+    before = research.load(tmp_path / "snap")
+    config = tiny_config(tmp_path / "snap", make_dataset(tmp_path / "data", size=28), freeze="last:1",
+                         layer_decay=0.5, image_size=28, epochs=1)
+    plan = freeze.plan("last:1", before.spec.family, before.variables["params"], layer_decay=0.5)
+    assert before.spec.num_classes == 0 and plan.rules["norm/scale"] == "lr*1"  # DINOv2: no head of its own
+    assert plan.rules["block2/attn/qkv/kernel"] == "lr*0.5"
+    assert plan.rules["block1/attn/qkv/kernel"] == plan.rules["patch_embed/cls_token"] == freeze.FROZEN
+
+    summary = finetune(config, tmp_path / "run", echo=lambda *_: None)
+    assert np.isfinite(summary["test"]["loss"])
+    trained = traverse_util.flatten_dict(checkpoint.restore_variables(tmp_path / "run")["params"], sep="/")
+    loaded = traverse_util.flatten_dict(before.variables["params"], sep="/")
+    for path, value in loaded.items():
+        if path.startswith(("block1/", "patch_embed/")):  # the tokens and position embeddings live there
+            assert np.array_equal(np.asarray(trained[path]), value), path
+    assert not np.array_equal(np.asarray(trained["block2/attn/qkv/kernel"]), loaded["block2/attn/qkv/kernel"])
+    after = research.load(tmp_path / "run")
+    assert (after.spec.arch, after.spec.layout, after.spec.num_classes) == (before.spec.arch, "timm", 3)

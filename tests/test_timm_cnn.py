@@ -48,14 +48,13 @@ CASES = [
     ("resnet18.a1_in1k", "resnet18", "resnet", 64, False, True),
     ("efficientnet_b0", "efficientnet_b0", "efficientnet", 64, True, False),  # bfloat16 under -m full
 ]
-# (timm name, family, bfloat16 checked too)
+# (timm name, family, bfloat16 checked too), smallest first
 FULL = [("convnext_atto", "convnext", False), ("convnext_femto", "convnext", False),
-        ("convnext_pico", "convnext", False), ("convnext_nano", "convnext", False),
-        ("convnext_tiny", "convnext", False), ("convnext_small", "convnext", False),
-        ("convnext_base", "convnext", False), ("convnext_large", "convnext", False),
-        ("convnext_xlarge", "convnext", False), ("resnet18", "resnet", False), ("resnet34", "resnet", False),
-        ("resnet50.a1_in1k", "resnet", False), ("resnet101", "resnet", False), ("resnet152", "resnet", False),
-        ("efficientnet_b0", "efficientnet", True)]
+        ("convnext_pico", "convnext", False), ("convnext_nano", "convnext", False), ("resnet18", "resnet", False),
+        ("resnet34", "resnet", False), ("efficientnet_b0", "efficientnet", True),
+        ("resnet50.a1_in1k", "resnet", False), ("convnext_tiny", "convnext", False), ("resnet101", "resnet", False),
+        ("resnet152", "resnet", False), ("convnext_small", "convnext", False), ("convnext_base", "convnext", False),
+        ("convnext_large", "convnext", False), ("convnext_xlarge", "convnext", False)]
 
 
 def snapshot_and_reference(name, family, photos, size, folder, safetensors=True, seed=0, **kwargs):
@@ -175,3 +174,28 @@ def test_features_use_the_snapshots_eval_transform(tmp_path):
         x = torch.stack([transform(Image.open(tmp_path / "data" / p).convert("RGB")) for p in written["paths"]])
         expected = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
     assert parity.relative_error(written["features"]["pre_logits"], expected) <= parity.FLOAT32
+
+
+def test_finetune_runs_on_a_timm_convnext_snapshot(tmp_path):
+    """`research finetune` on a timm snapshot as on a ResNet: a fresh 3-class head trained, everything else
+    (LayerNorms and layer scales included) bit for bit as loaded; the workdir loads back with the snapshot's
+    preprocessing and eval transform."""
+    from flax import traverse_util
+
+    from research.train import checkpoint, finetune
+    from tests.train_fixtures import make_dataset, tiny_config
+
+    timm_files.snapshot(timm_files.create("convnext_atto", seed=2), tmp_path / "snap")
+    before = research.load(tmp_path / "snap")
+    config = tiny_config(tmp_path / "snap", make_dataset(tmp_path / "data"), freeze="head", epochs=1)
+    summary = finetune(config, tmp_path / "run", echo=lambda *_: None)
+    assert summary["history"][-1]["step"] == 2 and np.isfinite(summary["test"]["loss"])
+    trained = traverse_util.flatten_dict(checkpoint.restore_variables(tmp_path / "run")["params"], sep="/")
+    loaded = traverse_util.flatten_dict(before.variables["params"], sep="/")
+    assert trained["head/fc/kernel"].shape == (320, 3) and trained.keys() == loaded.keys()
+    for path, value in loaded.items():
+        if not path.startswith("head/"):
+            assert np.array_equal(np.asarray(trained[path]), value), path
+    after = research.load(tmp_path / "run")
+    assert (after.spec.arch, after.spec.layout, after.spec.num_classes) == ("convnext_atto", "timm", 3)
+    assert after.preprocessing == before.preprocessing and after.meta["input"] == before.meta["input"]

@@ -41,12 +41,13 @@ def efficientnet_taps(_model) -> dict:
 TAPS = {"convnext": convnext_taps, "resnet": resnet_taps, "efficientnet": efficientnet_taps}
 HEAD_TAPS = {"pre_logits": timm_files.PRE_LOGITS, "logits": timm_files.LOGITS}
 
-# (timm name, our arch, family, input size, weight file: safetensors or .bin, bfloat16 checked too)
+# (timm name, our arch, family, input size, weight file: safetensors or .bin, bfloat16 checked too, classes: 0 is
+# a snapshot without a classifier, as timm's DINOv3 ConvNeXts)
 CASES = [
-    ("convnext_atto.d2_in1k", "convnext_atto", "convnext", 224, True, False),
-    ("convnext_atto", "convnext_atto", "convnext", 72, False, True),
-    ("resnet18.a1_in1k", "resnet18", "resnet", 64, False, True),
-    ("efficientnet_b0", "efficientnet_b0", "efficientnet", 64, True, False),  # bfloat16 under -m full
+    ("convnext_atto.d2_in1k", "convnext_atto", "convnext", 224, True, False, 1000),
+    ("convnext_atto", "convnext_atto", "convnext", 72, False, True, 0),
+    ("resnet18.a1_in1k", "resnet18", "resnet", 64, False, True, 1000),
+    ("efficientnet_b0", "efficientnet_b0", "efficientnet", 64, True, False, 1000),  # bfloat16 under -m full
 ]
 # (timm name, family, bfloat16 checked too), smallest first
 FULL = [("convnext_atto", "convnext", False), ("convnext_femto", "convnext", False),
@@ -62,15 +63,18 @@ def snapshot_and_reference(name, family, photos, size, folder, safetensors=True,
     model = timm_files.create(name, seed=seed, **kwargs)
     timm_files.snapshot(model, folder, safetensors)
     images = resize(photos, size or model.pretrained_cfg["input_size"][-1])
-    return model, images, timm_files.reference(model, images, {**TAPS[family](model), **HEAD_TAPS})
+    head = {t: f for t, f in HEAD_TAPS.items() if model.num_classes or t != "logits"}
+    return model, images, timm_files.reference(model, images, {**TAPS[family](model), **head})
 
 
-def parity_check(name, arch, family, photos, size, tmp_path, safetensors=True, bfloat16=False):
+def parity_check(name, arch, family, photos, size, tmp_path, safetensors=True, bfloat16=False, classes=1000):
     """Loads the snapshot, checks its spec and metadata, and every tap against timm; the errors per tap."""
-    model, images, ref = snapshot_and_reference(name, family, photos, size, tmp_path / "snap", safetensors)
+    model, images, ref = snapshot_and_reference(name, family, photos, size, tmp_path / "snap", safetensors,
+                                                num_classes=classes)
     assert (tmp_path / "snap" / ("model.safetensors" if safetensors else "pytorch_model.bin")).is_file()
     bundle = research.load(tmp_path / "snap")
-    assert (bundle.spec.arch, bundle.spec.layout, bundle.spec.num_classes) == (arch, "timm", 1000)
+    assert (bundle.spec.arch, bundle.spec.layout, bundle.spec.num_classes) == (arch, "timm", classes)
+    assert bundle.spec.include_top == bool(classes)
     assert bundle.spec.taps == tuple(ref)
     cfg = model.pretrained_cfg
     assert bundle.preprocessing == preprocess.mean_std(cfg["mean"], cfg["std"])
@@ -84,10 +88,10 @@ def parity_check(name, arch, family, photos, size, tmp_path, safetensors=True, b
     return images.shape[1], errors
 
 
-@pytest.mark.parametrize("name,arch,family,size,safetensors,bfloat16", CASES,
+@pytest.mark.parametrize("name,arch,family,size,safetensors,bfloat16,classes", CASES,
                          ids=[f"{c[0]}-{c[3]}px-{'safetensors' if c[4] else 'bin'}" for c in CASES])
-def test_matches_timm_at_every_tap(name, arch, family, size, safetensors, bfloat16, photos, tmp_path):
-    parity_check(name, arch, family, photos, size, tmp_path, safetensors, bfloat16)
+def test_matches_timm_at_every_tap(name, arch, family, size, safetensors, bfloat16, classes, photos, tmp_path):
+    parity_check(name, arch, family, photos, size, tmp_path, safetensors, bfloat16, classes)
 
 
 @pytest.mark.full

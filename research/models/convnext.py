@@ -219,8 +219,8 @@ TIMM_BLOCK_NAMES = {"conv_dw": ("depthwise_conv", "conv"), "norm": ("norm", "lay
 TIMM_OUTER_NAMES = {"stem.0": ("stem/conv", "conv"), "stem.1": ("stem/norm", "layer_norm"),
                     "head.norm": ("top_norm", "layer_norm"), "head.fc": ("head/fc", "linear")}
 TIMM_BLOCK = re.compile(r"^stages\.(\d)\.blocks\.(\d+)\.conv_dw\.weight$")
-# timm `model_args` that change the function without changing a tensor's shape, and the values supported (a
-# shape-changing one, such as `head_hidden_size` or `use_grn`, fails the shape check with its tensors named)
+# timm `model_args` this family builds, with the values supported (None: any; they change no output);
+# registry.check_timm_args refuses the rest (`head_hidden_size`, `use_grn`, another activation, ...)
 TIMM_ARGS = {"global_pool": ("avg",), "output_stride": (32,), "act_layer": ("gelu",), "norm_layer": ("layernorm",),
              "norm_eps": (1e-6,), "head_norm_first": (False,), "conv_mlp": None, "ls_init_value": None,
              "head_init_scale": None}
@@ -235,7 +235,8 @@ def timm_names(arch: str) -> dict[str, tuple[str, str]]:
         for j in range(blocks):
             src, dst = f"stages.{i}.blocks.{j}", f"stage{i + 1}/block{j + 1}"
             table[src] = (f"{dst}/layer_scale", "layer_scale")
-            table.update({f"{src}.{name}": (f"{dst}/{param}", kind) for name, (param, kind) in TIMM_BLOCK_NAMES.items()})
+            table.update({f"{src}.{name}": (f"{dst}/{param}", kind)
+                          for name, (param, kind) in TIMM_BLOCK_NAMES.items()})
     return table
 
 

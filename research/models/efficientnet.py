@@ -310,9 +310,10 @@ TIMM_IR_NAMES = {"conv_pw": ("expand_conv", "conv"), "bn1": ("expand_bn", "bn"),
                  "bn3": ("project_bn", "bn")}
 TIMM_ARCHS = ("efficientnet_b0",)
 TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.conv_dw\.weight$")
-# timm `model_args` that change the function without changing a tensor's shape (registry.check_timm_args)
+# timm `model_args` this family builds, with the values supported (None: any; they change no output);
+# registry.check_timm_args refuses the rest (`pad_type="same"`, another activation, ...)
 TIMM_ARGS = {"global_pool": ("avg",), "act_layer": ("swish", "silu"), "pad_type": ("",), "bn_eps": (1e-5,),
-             "round_chs_fn": None}
+             "bn_momentum": None, "drop_connect_rate": None}
 
 
 def timm_names(arch: str) -> dict[str, tuple[str, str]]:

@@ -207,7 +207,8 @@ def detect_torchvision(state: dict) -> str | None:
 
 TIMM = "timm"
 COMPUTED_AS = {TIMM: "torchvision"}  # a layout whose model is another's
-# timm `model_args` that change the function without changing a tensor's shape (registry.check_timm_args)
+# timm `model_args` this family builds, with the values supported (None: any; they change no output);
+# registry.check_timm_args refuses the rest (`stem_type`, `avg_down`, another activation, ...)
 TIMM_ARGS = {"global_pool": ("avg",), "output_stride": (32,), "act_layer": ("relu",), "aa_layer": (None,),
              "zero_init_last": None}
 

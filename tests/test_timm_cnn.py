@@ -122,8 +122,8 @@ def test_without_config_the_tensors_decide(photos, tmp_path, caplog):
     ("convnext_atto", dict(head_hidden_size=64), "head_hidden_size=64"),
 ])
 def test_unsupported_model_args_are_refused(name, args, message, tmp_path):
-    """An arg that changes the function but no shape is refused by name; one that changes shapes by the check
-    that lists the tensors."""
+    """An arg the family does not build is refused by name, whether it changes no shape (the pooling, the
+    activation: these would otherwise load and compute something else) or some (an MLP head)."""
     timm_files.snapshot(timm_files.create(name, **args), tmp_path / "snap")
     with pytest.raises(UserError, match=message):
         research.load(tmp_path / "snap")

@@ -31,11 +31,12 @@ EfficientNet-PyTorch) pads with `Conv2dStaticSamePadding`, which is TF's asymmet
 do not decide it alone: with center-cropped photos both paddings give the right top-1, while "same" gives the
 expected class more probability on 4 of 5 photos.
 
-`timm` is timm's `efficientnet_b0` (not its `tf_efficientnet_*` ports of the TF weights): Keras' B0 block for
-block (B0's first stage is timm's DepthwiseSeparableConv: depthwise, BN + SiLU, squeeze-excitation, pointwise,
-BN, no expansion, as Keras' block1a; then InvertedResidual blocks; squeeze-excitation to a quarter of the block's
-input channels, SiLU inside, a sigmoid gate), computed PyTorch's way: symmetric k//2 padding, BatchNorm epsilon
-1e-5 (torch momentum 0.1), the input normalised outside with the snapshot's mean/std. Names: `conv_stem`, `bn1`,
+`timm` is timm's `efficientnet_b0`..`_b5` (not its `tf_efficientnet_*` ports of the TF weights): Keras' B0-B5
+block for block, with the same width and depth scaling (the first stage is timm's DepthwiseSeparableConv:
+depthwise, BN + SiLU, squeeze-excitation, pointwise, BN, no expansion, as Keras' block1a; then InvertedResidual
+blocks; squeeze-excitation to a quarter of the block's input channels, SiLU inside, a sigmoid gate), computed
+PyTorch's way: symmetric k//2 padding, BatchNorm epsilon 1e-5 (torch momentum 0.1), the input normalised outside
+with the snapshot's mean/std. Names: `conv_stem`, `bn1`,
 `blocks.{s}.{b}.{conv_dw,bn1,se.conv_reduce,se.conv_expand,conv_pw,bn2}` (first stage) or
 `blocks.{s}.{b}.{conv_pw,bn1,conv_dw,bn2,se.*,conv_pwl,bn3}`, `conv_head`, `bn2`, `classifier`.
 """
@@ -308,7 +309,8 @@ TIMM_DS_NAMES = {"conv_dw": ("depthwise_conv", "conv"), "bn1": ("depthwise_bn", 
 TIMM_IR_NAMES = {"conv_pw": ("expand_conv", "conv"), "bn1": ("expand_bn", "bn"), "conv_dw": ("depthwise_conv", "conv"),
                  "bn2": ("depthwise_bn", "bn"), **TIMM_SE_NAMES, "conv_pwl": ("project_conv", "conv"),
                  "bn3": ("project_bn", "bn")}
-TIMM_ARCHS = ("efficientnet_b0",)
+TIMM_ARCHS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+              "efficientnet_b5")  # those timm has PyTorch-trained weights for
 TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.conv_dw\.weight$")
 # timm `model_args` this family builds, with the values supported (None: any; they change no output);
 # registry.check_timm_args refuses the rest (`pad_type="same"`, another activation, ...)
@@ -372,6 +374,6 @@ FAMILY = Family(
         # 0-255 pixels: the model rescales and normalises (the module docstring)
         "keras": Source("raw", keras_names, detect_keras, "EfficientNetB0-B7"),
         # ImageNet mean/std where the snapshot's pretrained_cfg gives none
-        TIMM: Source("torch", timm_names, detect_timm, "timm EfficientNet-B0", options=timm_options),
+        TIMM: Source("torch", timm_names, detect_timm, "timm EfficientNet-B0-B5", options=timm_options),
     },
 )

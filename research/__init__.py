@@ -3,6 +3,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from pathlib import Path  # noqa: E402
+
 from research.errors import UserError  # noqa: E402
 
 
@@ -16,7 +18,8 @@ def __getattr__(name: str):
 
 
 def load(path, arch: str | None = None, num_classes: int | None = None, seed: int = 0) -> Bundle:
-    """A converted checkpoint directory or a raw weight file (`.h5`, `.weights.h5`, `.keras`, `.pth`).
+    """A converted checkpoint directory, a raw weight file (`.h5`, `.weights.h5`, `.keras`, `.pth`) or a timm
+    snapshot (folder, hub cache entry, `model.safetensors`); `~` is expanded.
 
     Raw files are converted on the fly. `arch`, if given, must agree with the file. `num_classes` swaps in a
     fresh head of that size (0 removes the head), initialised from `seed`.
@@ -25,6 +28,7 @@ def load(path, arch: str | None = None, num_classes: int | None = None, seed: in
     from research.bundle import Bundle
     from research.models import ModelSpec
 
+    path = Path(path).expanduser()
     if weights.sniff(path) == "checkpoint":
         variables, meta = weights.store.load(path)
         spec = ModelSpec(**meta["model"])

@@ -74,12 +74,6 @@ def partials(dtype: Any):
     return conv, dense, norm
 
 
-class LayerScale(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return x * self.param("gamma", nn.initializers.constant(1e-6), (x.shape[-1],), jnp.float32).astype(x.dtype)
-
-
 class Block(nn.Module):
     conv: Any
     dense: Any
@@ -91,7 +85,7 @@ class Block(nn.Module):
         y = self.conv(c, (7, 7), padding=layers.pad(3), feature_group_count=c, name="depthwise_conv")(x)
         y = self.norm(name="norm")(y).astype(x.dtype)
         y = nn.gelu(self.dense(4 * c, name="pointwise_conv_1")(y), approximate=False)
-        y = LayerScale(name="layer_scale")(self.dense(c, name="pointwise_conv_2")(y))
+        y = layers.LayerScale(name="layer_scale")(self.dense(c, name="pointwise_conv_2")(y))
         return x + y
 
 

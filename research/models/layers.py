@@ -110,6 +110,17 @@ class BatchNorm(nn.BatchNorm):
         return super().__call__(x, use_running_average=inference)
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale on a residual branch (ConvNeXt, DeiT III, DINOv2), stored as `gamma`;
+    `init` is the source's initial value (1e-6 ConvNeXt, 1e-5 timm's ViTs)."""
+    init: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        gamma = self.param("gamma", nn.initializers.constant(self.init), (x.shape[-1],), jnp.float32)
+        return x * gamma.astype(x.dtype)
+
+
 def norm_partial(dtype: Any, train: bool, epsilon: float, momentum: float, frozen: frozenset = frozenset()):
     return functools.partial(BatchNorm, train=train, frozen=frozen, epsilon=epsilon, momentum=momentum,
                              dtype=dtype, param_dtype=jnp.float32)

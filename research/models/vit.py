@@ -39,6 +39,7 @@ from research.models.heads import Head
 from research.models.registry import HEAD, Arch, Family, Source, TapCollector
 
 MAX_DEPTH = 48  # the block modules the record lists (freeze presets cut there); deeper snapshots are refused
+VIT_LAYER_SCALE = 1e-5  # timm's LayerScale init (the value only matters for a model built without weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,12 +131,6 @@ def config_of(spec) -> Config:
     return Config(**args)
 
 
-class LayerScale(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return x * self.param("gamma", nn.initializers.constant(1e-5), (x.shape[-1],), jnp.float32).astype(x.dtype)
-
-
 class Attention(nn.Module):
     num_heads: int
     qkv_bias: bool
@@ -177,10 +172,10 @@ class Block(nn.Module):
         hidden = int(cfg.embed_dim * cfg.mlp_ratio)
         act = "silu" if cfg.mlp_layer == "swiglu_packed" else cfg.act_layer
         y = Attention(cfg.num_heads, cfg.qkv_bias, self.dense, name="attn")(self.norm(name="norm1")(x).astype(x.dtype))
-        x = x + (LayerScale(name="ls1")(y) if cfg.layer_scale else y)
+        x = x + (layers.LayerScale(VIT_LAYER_SCALE, name="ls1")(y) if cfg.layer_scale else y)
         y = Mlp(hidden, act, cfg.mlp_layer == "swiglu_packed", self.dense, name="mlp")(
             self.norm(name="norm2")(x).astype(x.dtype))
-        return x + (LayerScale(name="ls2")(y) if cfg.layer_scale else y)
+        return x + (layers.LayerScale(VIT_LAYER_SCALE, name="ls2")(y) if cfg.layer_scale else y)
 
 
 def resample_pos_embed(grid_embed, size: tuple[int, int]):

@@ -216,12 +216,13 @@ class Devices:
         self.batch = NamedSharding(mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
 
-    def put(self, images: np.ndarray):
-        """Pads to a multiple of the device count and shards; returns (array, real rows)."""
+    def put(self, images):
+        """Pads to a multiple of the device count and shards (host or device images); returns (array, real rows)."""
         n = len(images)
         pad = -n % self.count
         if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            xp = jnp if isinstance(images, jax.Array) else np
+            images = xp.concatenate([images, xp.zeros((pad, *images.shape[1:]), images.dtype)])
         return jax.device_put(images, self.batch), n
 
 
@@ -290,9 +291,22 @@ class Runner:
         self.variables = bundle.placed(devices.replicated)
         self._shapes = {}
 
-    def __call__(self, images: np.ndarray) -> dict:
+    def __call__(self, images) -> dict:
+        return self.collect(self.submit(images))
+
+    def submit(self, images):
+        """Dispatches the transfer, the forward and the copy back, without waiting for any of them."""
         array, n = self.devices.put(images)
-        return {t: np.asarray(v)[:n] for t, v in self.fn(self.variables, array).items()}
+        outputs = self.fn(self.variables, array)
+        for value in outputs.values():
+            value.copy_to_host_async()
+        return outputs, n
+
+    @staticmethod
+    def collect(submitted) -> dict:
+        """{tap: numpy rows} of a `submit`, once the device has them."""
+        outputs, n = submitted
+        return {t: np.asarray(v)[:n] for t, v in outputs.items()}
 
     def shapes(self, size: int, pooled: bool = True) -> dict:
         """{tap: output shape} for a batch of one, pooled or as the model gives it; traced once, not computed."""
@@ -433,26 +447,105 @@ def _create(f, run: Runner, plan: Plan, source, taps, pooling: dict, dtype: str)
 
 def _fill(f, state: State, run: Runner, source, plan: Plan, batch_size: int, buffer_size: int, workers,
           progress) -> None:
-    """Forward every remaining record, flushing whenever another batch would overfill the buffer."""
+    """Forward every remaining record; a `_Sink` reads the rows back and flushes whenever another batch would
+    overfill the buffer, at the same boundaries a serial run flushes at.
+
+    Every stage overlaps the others: the loader decodes ahead in its workers, this thread dispatches each batch's
+    transfer and forward without waiting for them, and the sink's thread waits for the device and writes."""
     from tqdm import tqdm
 
     skips = SkipLog()
     stream = loader.batches(source, plan.order[state.position:], batch_size, plan.image_size, plan.policy_arg,
                             workers=workers, skips=skips)
-    pending = []
     with tqdm(total=len(plan.order), initial=state.position, unit="img", desc="features", dynamic_ncols=True,
               disable=None if progress is None else not progress) as bar:
-        for batch in stream:
-            pending.append((batch, run(batch["images"])))
-            if sum(len(b["index"]) for b, _ in pending) + batch_size > buffer_size:
-                _flush(f, state, pending, source, skips)
-                pending = []
-            bar.update(len(batch["index"]))
-        _flush(f, state, pending, source, skips)
+        with _Sink(f, state, run, source, skips, batch_size, buffer_size) as sink:
+            for batch in stream:
+                sink.put(batch, run.submit(batch["images"]))
+                bar.update(len(batch["index"]))
         bar.update(len(plan.order) - bar.n)
 
 
-def _flush(f, state: State, pending: list, source, skips: SkipLog) -> None:
+class _Sink:
+    """The rows' way out, on one thread: it takes the dispatched batches in order, waits for each one's rows and
+    flushes a full buffer, while the caller loads and dispatches the next. At most `depth` batches wait for it,
+    which bounds how far the device runs ahead of the disk; and a loader stalled on a slow file never holds back
+    rows already computed.
+
+    A flush's error (a full disk) is raised in the caller at its next `put` or on leaving. Leaving on the
+    caller's error lets a flush in progress finish, so the partial is never closed under a write, and drops the
+    rows not yet flushed, as a killed run would."""
+
+    POLL = 0.1  # seconds between looks at the other side
+
+    def __init__(self, f, state: State, run: Runner, source, skips: SkipLog, batch_size: int, buffer_size: int,
+                 depth: int = 2):
+        import queue
+        import threading
+
+        self.f, self.state, self.run, self.source, self.skips = f, state, run, source, skips
+        self.batch_size, self.buffer_size = batch_size, buffer_size
+        self.queue, self.full = queue.Queue(depth), queue.Full
+        self.error, self.stop, self.done = None, threading.Event(), object()
+        self.thread = threading.Thread(target=self._drain, name="features-sink", daemon=True)
+        self.thread.start()
+
+    def put(self, batch, submitted) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                return self.queue.put((batch, submitted), timeout=self.POLL)
+            except self.full:
+                continue
+
+    def _drain(self) -> None:
+        import queue
+
+        pending = []
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = self.queue.get(timeout=self.POLL)
+                except queue.Empty:
+                    continue
+                if item is self.done:
+                    return self._flush(pending)
+                batch, submitted = item
+                pending.append((batch, self.run.collect(submitted)))
+                if sum(len(b["index"]) for b, _ in pending) + self.batch_size > self.buffer_size:
+                    self._flush(pending)
+                    pending = []
+        except BaseException as e:  # handed to the caller's thread
+            self.error = e
+
+    def _flush(self, pending: list) -> None:
+        _flush(self.f, self.state, pending, self.source, dict(self.skips.items()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is None:
+            self._finish()
+        else:
+            self.stop.set()
+            self.thread.join()
+        return False
+
+    def _finish(self) -> None:
+        while self.thread.is_alive():
+            try:
+                self.queue.put(self.done, timeout=self.POLL)
+                break
+            except self.full:
+                continue
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _flush(f, state: State, pending: list, source, skips: dict) -> None:
     """Rows first, then the progress mark, each followed by a flush, so progress never runs ahead of rows."""
     if not pending:
         return
@@ -465,7 +558,7 @@ def _flush(f, state: State, pending: list, source, skips: SkipLog) -> None:
     f[hdf5.INDEX][lo:hi] = index
     f[hdf5.PATHS][lo:hi] = np.array([source.paths[i] for i in index], dtype=object)
     f.flush()
-    state.skips.update(skips.items())
+    state.skips.update(skips)
     state.rows = hi
     hdf5.write_attrs(f, {**_skip_attrs(state), hdf5.PROGRESS: hi})
     f.flush()

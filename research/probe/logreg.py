@@ -4,12 +4,15 @@ cross-validation on the training part only; the test part is never seen until th
 With more than two classes, scikit-learn's lbfgs solver fits the multinomial (softmax) model. Its objective is
 C * sum CE + 1/2 * ||W||^2, the intercept unpenalised; see `research.probe.lbfgs` for the mapping to l2.
 
-The choice is GridSearchCV's (the mean fold accuracy, ties to the smaller C; the same folds), computed faster
-without changing it: each fold fits in the row space of its training rows when the features are wide
-(`research.probe.rowspace`, float64 coordinates), walks the C grid upwards warm-started from the previous C's
-weights, and the folds
-run in parallel processes when there are cores to spare. The refit on all the training part maps its weights
-back to the D features, so the saved model is an ordinary scikit-learn Pipeline.
+The choice is GridSearchCV's (the mean fold accuracy, ties to the smaller C; the same folds, the same cold fits),
+computed faster without changing it: when the features are wide, each fit runs in the row space of its training
+rows (`research.probe.rowspace`, float64 coordinates) with scikit-learn's objective and stopping rule
+(`research.probe.softmax`), and the fits run in parallel processes when there are cores to spare. The refit on
+all the training part maps its weights back to the D features, so the saved model is an ordinary scikit-learn
+Pipeline.
+
+No warm starts along the C path: under scikit-learn's tolerance a warm-started fit stops elsewhere than a cold
+one does, and on the seed-002 features that moved the chosen C.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 
 from research.errors import UserError
 from research.probe import progress as progress_
-from research.probe import rowspace
+from research.probe import rowspace, softmax
 
 C_GRID = np.logspace(-4, 4, 17)  # half a decade apart
 FOLDS = 5
@@ -31,65 +34,69 @@ SMALL = 4_000_000  # below this many feature values, BLAS threads (and worker pr
 
 
 def fit(x, y, standardize: bool = False, seed: int = 0, grid=C_GRID, folds: int = FOLDS, reduce=None,
-        warm_start: bool = True, jobs=None, progress=None):
+        jobs=None, progress=None):
     """Choose C by stratified K-fold on (x, y), refit on all of it; (fitted Pipeline, record).
 
-    reduce: fit in the training rows' span (None: when the features are wide); jobs: fold processes (None: one
-    per spare core for large problems); progress: a `progress.bar`-like factory (None: silent)."""
+    reduce: fit in the training rows' span (None: when the features are wide); jobs: processes (None: one per
+    spare core for large problems); progress: a `progress.bar`-like factory (None: silent)."""
     from sklearn.model_selection import StratifiedKFold
 
     folds = _folds(y, folds)
-    grid = np.sort(np.asarray(grid, np.float64))  # strong to weak regularisation: each fit warm-starts the next
+    grid = np.sort(np.asarray(grid, np.float64))  # GridSearchCV's ties go to the first listed: the smallest C
     parts = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
     if reduce is None:
         reduce = rowspace.wide(x.shape[1], min(len(t) for t, _ in parts))
-    # Warm starts only in the row space, whose coordinates are float64: on float32 features, scikit-learn's
-    # relative-decrease test can stop a warm-started fit short of where a cold one ends, changing scores.
-    warm_start = bool(warm_start and reduce)
-    jobs = _jobs(x, folds) if jobs is None else max(1, min(int(jobs), folds))
+    jobs = _jobs(x) if jobs is None else max(1, int(jobs))
+    # a task per fold and share of the grid, so that every process stays busy to the end
+    shares = min(jobs, len(grid))
+    tasks = [(fold, np.arange(share, len(grid), shares)) for fold in range(folds) for share in range(shares)]
     start = time.perf_counter()
     with (progress or progress_.quiet)(folds * len(grid) + 1, "logreg: C x fold", "fit") as bar:
         # one Gram of the training part serves every fold unless each fold scales its features its own way
         kernel = rowspace.gram(x) if reduce and not standardize else None
-        args = (x, y, grid, standardize, reduce, warm_start, kernel)
+        args = (x, y, standardize, reduce, kernel)
+        calls = [(*args, *parts[fold], grid[chosen]) for fold, chosen in tasks]
         if jobs > 1:
             from joblib import Parallel, delayed
             tick = bar.remote()
-            paths = Parallel(n_jobs=jobs)(delayed(_path)(*args, t, v, tick) for t, v in parts)
+            done = Parallel(n_jobs=jobs)(delayed(_path)(*call, tick) for call in calls)
         else:
-            paths = [_path(*args, t, v, bar.update) for t, v in parts]
+            done = [_path(*call, bar.update) for call in calls]
         cv_time = time.perf_counter() - start
-        accuracy = np.mean([p["accuracy"] for p in paths], axis=0)
+        scores = np.zeros((folds, len(grid)))
+        for (fold, chosen), result in zip(tasks, done):
+            scores[fold, chosen] = result["accuracy"]
+        accuracy = scores.mean(axis=0)
         best = int(np.flatnonzero(accuracy == accuracy.max())[0])
         model, refit = _refit(x, y, grid[best], standardize, reduce, kernel)
         bar.update()
     record = {"best_C": float(grid[best]), "C_grid": [float(c) for c in grid], "folds": folds,
               "cv_accuracy": [float(a) for a in accuracy],
               "best_C_at_grid_edge": best in (0, len(grid) - 1),
-              "convergence_warnings": sum(p["warnings"] for p in paths) + refit["warnings"],
+              "convergence_warnings": sum(p["warnings"] for p in done) + refit["warnings"],
               "fits": folds * len(grid) + 1, "cv_time_s": cv_time, "refit_time_s": refit["seconds"],
               "paths": {"row_space": bool(reduce), "dim": int(x.shape[1]),
-                        "rank": [p["rank"] for p in paths] + [refit["rank"]] if reduce else None,
-                        "warm_start": bool(warm_start), "tol": TOL,
-                        "processes": jobs,
-                        "iterations": int(sum(p["iterations"] for p in paths) + refit["iterations"])}}
+                        "rank": [p["rank"] for p in done[::shares]] + [refit["rank"]] if reduce else None,
+                        "stopping": "scikit-learn's: every gradient entry over the D features within tol",
+                        "warm_start": False, "tol": TOL, "processes": jobs,
+                        "iterations": int(sum(p["iterations"] for p in done) + refit["iterations"])}}
     return model, record
 
 
-def _jobs(x, folds: int) -> int:
-    """One process per core up to the folds, for problems big enough to pay for starting them."""
+def _jobs(x) -> int:
+    """One process per core, for problems big enough to pay for starting them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(folds, cores) if x.size >= SMALL else 1
+    return cores if x.size >= SMALL else 1
 
 
-def _classifier(warm_start: bool = False, **kw):
+def _classifier(**kw):
     from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, tol=TOL, warm_start=warm_start, **kw)
+    return LogisticRegression(solver="lbfgs", max_iter=MAX_ITER, tol=TOL, **kw)
 
 
 def _coordinates(x, rows, others, standardize: bool, reduce: bool, kernel=None):
     """What a fit on x[rows] sees, everything fitted on those rows only: (scaler or None, RowSpace or None,
-    the rows' features as fitted, or None where not needed; coordinates of `rows`; of `others`, if given)."""
+    the rows' features as fitted, or None where x[rows] is; coordinates of `rows`; of `others`, if given)."""
     scaler = None
     if standardize:
         from sklearn.preprocessing import StandardScaler
@@ -108,20 +115,42 @@ def _coordinates(x, rows, others, standardize: bool, reduce: bool, kernel=None):
     return scaler, space, fitted, space.z, None if others is None else space.project(k_others)
 
 
-def _path(x, y, grid, standardize, reduce, warm_start, kernel, train, val, tick) -> dict:
-    """One fold: fit every C in order on the training rows, score each on the held-out rows."""
+class _RowSpaceFits:
+    """scikit-learn's fits of one training part, made in its row space (`research.probe.softmax`)."""
+
+    def __init__(self, x, rows, y, space, fitted):
+        self.classes, self.index = np.unique(y, return_inverse=True)
+        self.z = space.z
+        basis_x, basis_rows = (x, rows) if fitted is None else (fitted, None)
+        self.basis = softmax.Basis(basis_x, basis_rows, space.coef)
+        # scikit-learn computes in the features' dtype: float32 features keep float32 per-sample losses
+        self.loss_dtype = np.float32 if (x if fitted is None else fitted).dtype == np.float32 else np.float64
+
+    def fit(self, c: float) -> softmax.Fit:
+        return softmax.fit(self.z, self.index, len(self.classes), float(c), self.basis, TOL, MAX_ITER,
+                           self.loss_dtype)
+
+
+def _path(x, y, standardize, reduce, kernel, train, val, grid, tick) -> dict:
+    """One fold's fits, one per C in `grid`, each scored on the held-out rows."""
     from threadpoolctl import threadpool_limits
 
-    _, space, _, z, zv = _coordinates(x, train, val, standardize, reduce, kernel)
-    clf = _classifier(warm_start=warm_start)  # imports scikit-learn (and scipy's BLAS) before the limit below
-    accuracy, iterations = [], 0
+    _, space, fitted, z, zv = _coordinates(x, train, val, standardize, reduce, kernel)
+    accuracy, iterations, warned = [], 0, 0
     with _warnings() as caught, threadpool_limits(1 if z.size < SMALL else None):
+        fits = _RowSpaceFits(x, train, y[train], space, fitted) if reduce else None
         for c in grid:
-            clf.set_params(C=float(c)).fit(z, y[train])
-            accuracy.append(float(np.mean(clf.predict(zv) == y[val])))
-            iterations += int(np.max(clf.n_iter_))
+            if reduce:
+                one = fits.fit(c)
+                predicted, n_iter = fits.classes[one.predict(zv)], one.n_iter
+                warned += not one.converged
+            else:  # scikit-learn itself on the D features
+                clf = _classifier(C=float(c)).fit(z, y[train])
+                predicted, n_iter = clf.predict(zv), int(np.max(clf.n_iter_))
+            accuracy.append(float(np.mean(predicted == y[val])))
+            iterations += n_iter
             tick(1)
-    return {"accuracy": accuracy, "iterations": iterations, "warnings": _count(caught),
+    return {"accuracy": accuracy, "iterations": iterations, "warnings": _count(caught) + warned,
             "rank": space.rank if reduce else None}
 
 
@@ -131,17 +160,30 @@ def _refit(x, y, c: float, standardize: bool, reduce: bool, kernel=None):
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
-    scaler, space, fitted, z, _ = _coordinates(x, np.arange(len(y)), None, standardize, reduce, kernel)
-    clf = _classifier(C=float(c))
+    rows = np.arange(len(y))
+    scaler, space, fitted, z, _ = _coordinates(x, rows, None, standardize, reduce, kernel)
     with _warnings() as caught, threadpool_limits(1 if z.size < SMALL else None):
-        clf.fit(z, y)
-    if reduce:  # W = X^T U S^-1 W_z: predictions on any row equal those of the fit in the row space
-        w = space.lift(x if fitted is None else fitted, clf.coef_.T)
-        clf.coef_ = np.ascontiguousarray(w.T).astype(clf.coef_.dtype)
-        clf.n_features_in_ = x.shape[1]
+        if reduce:
+            fits = _RowSpaceFits(x, None, y, space, fitted)
+            one = fits.fit(c)
+            clf = _fitted(c, fits.classes, space.lift(x if fitted is None else fitted, one.coef.T).T,
+                          one.intercept, one.n_iter, x.shape[1])
+            warned = not one.converged
+        else:
+            clf, warned = _classifier(C=float(c)).fit(z, y), 0
     model = Pipeline(([("scaler", scaler)] if scaler else []) + [("clf", clf)])
     return model, {"seconds": time.perf_counter() - start, "iterations": int(np.max(clf.n_iter_)),
-                   "warnings": _count(caught), "rank": space.rank if reduce else None}
+                   "warnings": _count(caught) + warned, "rank": space.rank if reduce else None}
+
+
+def _fitted(c: float, classes, coef, intercept, n_iter: int, features: int):
+    """A scikit-learn LogisticRegression holding weights fitted elsewhere: W = X^T U S^-1 W_z, whose
+    predictions on any row equal those of the fit in the row space."""
+    clf = _classifier(C=float(c))
+    clf.classes_, clf.n_features_in_ = classes, features
+    clf.coef_, clf.intercept_ = np.ascontiguousarray(coef), np.asarray(intercept, np.float64)
+    clf.n_iter_ = np.array([n_iter], np.int32)
+    return clf
 
 
 class _warnings(warnings.catch_warnings):

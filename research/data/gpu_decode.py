@@ -13,7 +13,7 @@ with PIL's resampling weights (below), giving uint8 (B,N,N,3) jax.Arrays. Option
 - **Pixels:** on the CPU backend (libjpeg-turbo, as PIL) the decode equals PIL's bit for bit; nvJPEG on a GPU may
   differ by a few levels (its IDCT and chroma upsampling are its own). The resize follows Pillow's separable
   resampling (its filter supports and window clipping at the edges, the horizontal pass rounded to uint8 before the
-  vertical one) in float32 instead of Pillow's fixed point, so outputs are within `parity.GPU_RESIZE_LEVELS` of
+  vertical one) in float32 instead of Pillow's fixed point, so outputs are within `parity.GPU_RESIZE_LEVELS` (1) of
   `ResizePolicy.apply`. The policy record says `decode: gpu`, like `fast`.
 - **Compiles are bounded:** XLA compiles once per input shape, so decoded images are padded into size buckets (each
   side rounded up to 4 steps per octave: at most 25% padding a side) and the sizes passed as traced values; the images of a

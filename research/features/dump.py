@@ -216,12 +216,14 @@ class Devices:
         self.batch = NamedSharding(mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
 
-    def put(self, images: np.ndarray):
-        """Pads to a multiple of the device count and shards; returns (array, real rows)."""
+    def put(self, images):
+        """Pads to a multiple of the device count and shards; returns (array, real rows). `images` may be a
+        jax.Array already on a device (--decode gpu), padded there."""
         n = len(images)
         pad = -n % self.count
         if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            xp = jnp if isinstance(images, jax.Array) else np
+            images = xp.concatenate([images, xp.zeros((pad, *images.shape[1:]), images.dtype)])
         return jax.device_put(images, self.batch), n
 
 

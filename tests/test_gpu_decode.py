@@ -121,11 +121,11 @@ def test_the_loader_skips_bad_files_and_falls_back_to_pil(cpu_backend, tmp_path)
 
 @needs_codec
 def test_features_end_to_end_and_a_pack(cpu_backend, tmp_path, capsys):
+    from benchmarks.models import setup
     from research.features import read
-    from tests.train_fixtures import make_weights
 
     folder = make_folder(tmp_path / "d")
-    weights = make_weights(tmp_path / "w", include_top=False, num_classes=0)
+    weights = setup("resnet18:torchvision", 32, 1, "float32").bundle.save(tmp_path / "w")  # random, no init compile
     out = tmp_path / "f.h5"
     assert main(["features", "--weights", str(weights), "--data", str(folder), "--tap", "pre_logits", "--out",
                  str(out), "--image-size", "32", "--batch-size", "4", "--decode", "gpu"]) == 0

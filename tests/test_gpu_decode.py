@@ -54,8 +54,10 @@ def smooth(h, w, seed=0):
 @needs_codec
 def test_decoded_pixels_are_pils(cpu_backend, flowers):
     """Both decode with libjpeg-turbo: equal, on real photos and on greyscale, CMYK and progressive JPEGs."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": neither reference applies it, nor do we
     extra = [encoded(smooth(37, 53), "JPEG", "L"), encoded(smooth(37, 53), "JPEG", "CMYK"),
-             encoded(smooth(40, 30), "JPEG", progressive=True, quality=90)]
+             encoded(smooth(40, 30), "JPEG", progressive=True, quality=90), encoded(smooth(20, 36), exif=exif)]
     blobs = flowers + extra
     for got, blob in zip(gpu_decode.decode_many(blobs), blobs):
         want = decode(blob)
@@ -156,3 +158,13 @@ def test_unavailable_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
     assert code == 2 and capsys.readouterr().err.count("\n") == 1
     with pytest.raises(UserError, match="--decode gpu reads image files"):
         loader.batches(data.open("sklearn:digits"), None, 2, 32, gpu)
+
+
+@needs_codec
+def test_oversized_and_unreadable_jpegs_are_left_to_pil(cpu_backend, monkeypatch):
+    """PIL's pixel limit (its decompression-bomb check) holds here too: such a JPEG goes to PIL, which refuses it."""
+    blob = encoded(smooth(40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40 // 2 - 1)
+    assert gpu_decode.decode_many([blob, blob[:100], b"\xff\xd8\xff junk"]) == [None, None, None]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40)
+    assert gpu_decode.decode_many([blob])[0].shape == (40, 40, 3)

@@ -38,6 +38,7 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from research.data.decode import BadImage, SkipLog, decode, read_file
 from research.data.resize import geometry
@@ -110,16 +111,32 @@ def _decoder(where: str):
                             sample_format=n.SampleFormat.I_RGB)
     if where == "cpu":
         return n.Decoder(device_id=n.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[n.Backend(n.CPU_ONLY)]), params
-    device = jax.local_devices()[0]
-    return n.Decoder(device_id=device.id, backends=[n.Backend(n.GPU_ONLY), n.Backend(n.HYBRID_CPU_GPU)]), params
+    # every backend nvImageCodec has: the hardware JPEG decoder where the GPU has one (A100, H100, H200), nvJPEG's
+    # CUDA and hybrid decoders, and libjpeg-turbo for what none of them takes
+    return n.Decoder(device_id=jax.local_devices()[0].id), params
 
 
 def decode_many(blobs: list[bytes]) -> list[np.ndarray | None]:
-    """JPEG bytes -> uint8 HxWx3 host arrays, None where nvImageCodec cannot decode one."""
-    if not blobs:
-        return []
-    decoder, params = _decoder(backend())
-    return [None if image is None else np.asarray(image.cpu()) for image in decoder.decode(blobs, params=params)]
+    """JPEG bytes -> uint8 HxWx3 host arrays; None where nvImageCodec cannot read one's header or decode it, or
+    where it has more pixels than PIL accepts (left to PIL, which refuses it as a decompression bomb)."""
+    streams = [_stream(blob) for blob in blobs]
+    todo = [i for i, stream in enumerate(streams) if stream is not None]
+    out = [None] * len(blobs)
+    if todo:
+        decoder, params = _decoder(backend())
+        for i, image in zip(todo, decoder.decode([streams[i] for i in todo], params=params)):
+            out[i] = None if image is None else np.asarray(image.cpu())
+    return out
+
+
+def _stream(blob: bytes):
+    n, _ = _codec()
+    try:
+        stream = n.CodeStream(blob)
+        pixels = stream.width * stream.height
+    except Exception:  # nvImageCodec raises RuntimeError for an unreadable header; PIL will say why
+        return None
+    return stream if 0 < pixels <= 2 * Image.MAX_IMAGE_PIXELS else None
 
 
 def batches(source, order, batch_size: int, image_size: int, policy, drop_remainder: bool, workers: int,

@@ -84,9 +84,11 @@ def test_buckets_bound_the_compiles():
     assert [gpu_decode.bucket(n) for n in (3, 8, 33, 333, 500, 512, 513, 700)] == [3, 8, 40, 384, 512, 512, 640, 768]
     policy = resize.policy("direct", "bilinear", "gpu")
     before = gpu_decode._resize_into._cache_size()
-    for h, w in ((450, 500), (500, 450), (470, 470), (449, 511)):  # four sizes, one bucket, two per call
-        gpu_decode.resize([smooth(h, w), smooth(w, h)], 8, policy)
-    assert gpu_decode._resize_into._cache_size() - before <= 1
+    batches = [[(450, 500), (500, 450), (470, 470)], [(449, 511)], [(511, 449), (460, 490)]]  # one bucket
+    for shapes in batches:  # batches of 3, the last ones short
+        got = gpu_decode.resize([smooth(h, w) for h, w in shapes], 8, policy, batch=3)
+        assert got.shape == (len(shapes), 8, 8, 3)
+    assert gpu_decode._resize_into._cache_size() - before == 1
 
 
 def make_folder(root):

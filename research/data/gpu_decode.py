@@ -15,19 +15,20 @@ with PIL's resampling weights (below), giving uint8 (B,N,N,3) jax.Arrays. Option
   resampling (its filter supports and window clipping at the edges, the horizontal pass rounded to uint8 before the
   vertical one) in float32 instead of Pillow's fixed point, so outputs are within `parity.GPU_RESIZE_LEVELS` (1) of
   `ResizePolicy.apply`. The policy record says `decode: gpu`, like `fast`.
-- **Compiles are bounded:** XLA compiles once per input shape, so decoded images are padded into size buckets (each
-  side rounded up to 4 steps per octave: at most 25% padding a side) and the sizes passed as traced values; the images of a
-  batch that share a bucket go through one call, their count padded to a power of two. That is at most
-  (bucket pairs met) x (log2(batch) + 1) compiles, in practice a handful per dataset (Flowers-17: see the tests);
-  taking each decoded image as its own array would compile once per distinct image size. The padding is done on
-  the host, where the decoded pixels are copied back (one PCIe copy of each, far cheaper than the decode it
-  replaces); a device-side pad would itself compile per image size.
+- **Compiles are bounded:** XLA compiles once per input shape, so each decoded image is padded into a size bucket
+  (each side rounded up to 4 steps per octave: at most 25% padding a side) and its sizes passed as traced values;
+  the images of a batch that share a bucket go through one call per CHUNK of them, and a short last batch fills
+  a full-size output. So a run compiles once per bucket pair it meets: 11 for all of Flowers-17 (1,360 photos of
+  486 sizes), where taking each decoded image as its own array would compile 486 times. The padding is done on the
+  host, where the decoded pixels are copied back (one PCIe copy of each, far cheaper than the decode it
+  replaces), since a pad on the device would itself compile once per image size.
 - **Where:** on a GPU by default. `RESEARCH_GPU_DECODE_BACKEND=cpu` selects nvImageCodec's CPU backend and JAX's
   default device, so the tests exercise everything but the device placement without a GPU; it is not a user option.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -50,6 +51,7 @@ BACKEND_ENV = "RESEARCH_GPU_DECODE_BACKEND"  # "cpu": nvImageCodec's CPU backend
 EXTRA = "pip install -e '.[gpu-decode]'"
 JPEG_MAGIC = b"\xff\xd8\xff"
 STEPS_PER_OCTAVE = 4
+CHUNK = 16  # images of one size bucket per resize call
 # Pillow's filters: support radius and kernel (PIL/Resample.c); nearest is the one-hot index rule below.
 SUPPORTS = {"bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
 
@@ -61,34 +63,33 @@ def backend() -> str:
 @functools.cache
 def _codec():
     """nvImageCodec, imported with its extension loader's messages (about nvJPEG2000 and nvTIFF, which JPEGs do
-    not need) captured; returns (module, messages). None for the module where it is not installed."""
-    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")  # errors come back as None results; we log those
-    with _captured_stderr() as text:
+    not need) captured and logged at debug level; returns (module or None where not installed, messages)."""
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")  # a failed decode comes back as None, which we handle
+    messages = []
+    with _stderr_into(messages):
         try:
             from nvidia import nvimgcodec
         except ImportError:
             nvimgcodec = None
-    for line in text():
+    for line in messages:
         log.debug("nvimgcodec: %s", line)
-    return nvimgcodec, text()
+    return nvimgcodec, messages
 
 
-class _captured_stderr:
-    """Redirects file descriptor 2 (where C extensions print) to a temporary file while inside."""
-
-    def __enter__(self):
-        self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
-        self._lines = []
-        return lambda: self._lines
-
-    def __exit__(self, *exc):
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._file.seek(0)
-        self._lines = [line for line in self._file.read().decode(errors="replace").splitlines() if line.strip()]
-        self._file.close()
+@contextlib.contextmanager
+def _stderr_into(lines: list):
+    """File descriptor 2, where C extensions print, sent to a temporary file while inside; its lines appended to
+    `lines` after."""
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            lines.extend(line for line in f.read().decode(errors="replace").splitlines() if line.strip())
 
 
 def check() -> None:
@@ -155,14 +156,14 @@ def _batches(source, order, batch_size, image_size, policy, drop_remainder, work
             continue
         kept.append(element)
         if len(kept) == batch_size:
-            yield _batch(kept, image_size, policy)
+            yield _batch(kept, image_size, policy, batch_size)
             kept = []
     if kept and not drop_remainder:
-        yield _batch(kept, image_size, policy)
+        yield _batch(kept, image_size, policy, batch_size)
 
 
-def _batch(elements: list, size: int, policy) -> dict:
-    return {"images": resize([e["image"] for e in elements], size, policy),
+def _batch(elements: list, size: int, policy, batch: int) -> dict:
+    return {"images": resize([e["image"] for e in elements], size, policy, batch),
             "labels": np.array([e["label"] for e in elements], np.int32),
             "index": np.array([e["index"] for e in elements], np.int64)}
 
@@ -223,28 +224,31 @@ def bucket(n: int) -> int:
     return -(-int(n) // step) * step
 
 
-def resize(images: list[np.ndarray], size: int, policy):
-    """uint8 HxWx3 host arrays of any sizes -> uint8 (B, size, size, 3) on JAX's default device, by `policy`."""
-    out = jnp.zeros((len(images), size, size, 3), jnp.uint8)
+def resize(images: list[np.ndarray], size: int, policy, batch: int | None = None):
+    """uint8 HxWx3 host arrays of any sizes -> uint8 (B, size, size, 3) on JAX's default device, by `policy`.
+    `batch`: the full batch size, so that a short last batch reuses its compiles."""
+    rows_out = max(len(images), batch or 0)
+    chunk = min(CHUNK, rows_out)
+    out = jnp.zeros((rows_out, size, size, 3), jnp.uint8)
     groups = collections.defaultdict(list)
     for i, image in enumerate(images):
         groups[bucket(image.shape[0]), bucket(image.shape[1])].append(i)
     for (bh, bw), rows in groups.items():
-        count = 1 << (len(rows) - 1).bit_length()
-        pixels = np.zeros((count, bh, bw, 3), np.uint8)
-        shapes = np.ones((count, 6), np.int32)  # h, w, resized h, resized w, crop top, crop left
-        nearest = np.zeros((count, 2, size), np.int32)
-        where = np.full(count, len(images), np.int32)  # padding rows land out of bounds and are dropped
-        for slot, i in enumerate(rows):
-            h, w = images[i].shape[:2]
-            pixels[slot, :h, :w] = images[i]
-            shapes[slot] = h, w, *geometry((h, w), size, policy)
-            if policy.interpolation == "nearest":
-                nearest[slot] = _nearest(h, shapes[slot, 2], shapes[slot, 4], size), _nearest(
-                    w, shapes[slot, 3], shapes[slot, 5], size)
-            where[slot] = i
-        out = _resize_into(out, jax.device_put(pixels), shapes, nearest, where, size, policy.interpolation)
-    return out
+        for start in range(0, len(rows), chunk):
+            pixels = np.zeros((chunk, bh, bw, 3), np.uint8)
+            shapes = np.ones((chunk, 6), np.int32)  # h, w, resized h, resized w, crop top, crop left
+            nearest = np.zeros((chunk, 2, size), np.int32)
+            where = np.full(chunk, rows_out, np.int32)  # unused slots land out of bounds and are dropped
+            for slot, i in enumerate(rows[start:start + chunk]):
+                h, w = images[i].shape[:2]
+                pixels[slot, :h, :w] = images[i]
+                shapes[slot] = h, w, *geometry((h, w), size, policy)
+                if policy.interpolation == "nearest":
+                    nearest[slot] = _nearest(h, shapes[slot, 2], shapes[slot, 4], size), _nearest(
+                        w, shapes[slot, 3], shapes[slot, 5], size)
+                where[slot] = i
+            out = _resize_into(out, jax.device_put(pixels), shapes, nearest, where, size, policy.interpolation)
+    return out if rows_out == len(images) else out[:len(images)]
 
 
 def _nearest(in_size: int, out_size: int, offset: int, count: int) -> np.ndarray:

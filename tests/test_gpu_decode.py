@@ -158,6 +158,12 @@ def test_unavailable_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
         loader.batches(source, None, 2, 32, gpu)
     code = main(["pack", str(tmp_path / "d"), str(tmp_path / "p.h5"), "--image-size", "32", "--decode", "gpu"])
     assert code == 2 and capsys.readouterr().err.count("\n") == 1
+    from benchmarks.models import setup
+    weights = setup("resnet18:torchvision", 32, 1, "float32").bundle.save(tmp_path / "w")
+    code = main(["features", "--weights", str(weights), "--data", str(tmp_path / "d"), "--tap", "pre_logits",
+                 "--out", str(tmp_path / "f.h5"), "--image-size", "32", "--decode", "gpu"])
+    assert code == 2 and "gpu-decode" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "w"]  # no output, partial or lock left behind
     with pytest.raises(UserError, match="--decode gpu reads image files"):
         loader.batches(data.open("sklearn:digits"), None, 2, 32, gpu)
 

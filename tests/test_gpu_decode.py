@@ -176,3 +176,20 @@ def test_oversized_and_unreadable_jpegs_are_left_to_pil(cpu_backend, monkeypatch
     assert gpu_decode.decode_many([blob, blob[:100], b"\xff\xd8\xff junk"]) == [None, None, None]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40)
     assert gpu_decode.decode_many([blob])[0].shape == (40, 40, 3)
+
+
+def test_features_devices_pad_a_device_batch_on_the_device():
+    """features.dump's Devices.put takes the jax.Array batches of --decode gpu: padded with zeros to a multiple
+    of the device count (four fake CPU devices) and sharded."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import jax, jax.numpy as jnp\nfrom research.features.dump import Devices\n"
+              "images = jnp.arange(6 * 12, dtype=jnp.uint8).reshape(6, 2, 2, 3)\n"
+              "array, n = Devices().put(images)\n"
+              "assert array.shape == (8, 2, 2, 3) and n == 6 and len(array.sharding.device_set) == 4\n"
+              "assert (array[:6] == images).all() and int(array[6:].sum()) == 0\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

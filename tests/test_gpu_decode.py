@@ -109,15 +109,19 @@ def test_the_loader_skips_bad_files_and_falls_back_to_pil(cpu_backend, tmp_path)
     import jax
 
     source = data.open(make_folder(tmp_path / "d"))
+    (tmp_path / "d" / "b" / "4.jpg").unlink()  # gone since it was listed
     skips = SkipLog()
     policy = resize.policy("shorter_center_crop", "bilinear", "gpu")
     got = list(loader.batches(source, None, 2, 32, policy, workers=2, skips=skips))
-    assert [len(b["index"]) for b in got] == [2, 2, 2]  # survivors batched full, as the CPU path does
+    assert [len(b["index"]) for b in got] == [2, 2, 1]  # survivors batched full, as the CPU path does
     assert all(isinstance(b["images"], jax.Array) and b["images"].shape[1:] == (32, 32, 3) for b in got)
-    assert skips.names == ["b/1.jpg", "b/2.jpg", "b/3.jpg"]
     index = np.concatenate([b["index"] for b in got])
-    assert [source.paths[i] for i in index] == ["a/0.jpg", "a/1.jpg", "a/2.jpg", "a/3.png", "b/0.gif", "b/4.jpg"]
-    want = np.concatenate([b["images"] for b in loader.batches(source, None, 2, 32, "shorter_center_crop")])
+    assert [source.paths[i] for i in index] == ["a/0.jpg", "a/1.jpg", "a/2.jpg", "a/3.png", "b/0.gif"]
+    cpu_skips = SkipLog()
+    want = np.concatenate([b["images"] for b in loader.batches(source, None, 2, 32, "shorter_center_crop",
+                                                               skips=cpu_skips)])
+    assert skips.items() == cpu_skips.items() and skips.names == ["b/1.jpg", "b/2.jpg", "b/3.jpg", "b/4.jpg"]
+    assert dict(skips.items())["b/4.jpg"] == "no such file"
     images = np.concatenate([np.asarray(b["images"]) for b in got])
     assert np.abs(images.astype(int) - want).max() <= parity.GPU_RESIZE_LEVELS
     np.testing.assert_array_equal(np.concatenate([b["labels"] for b in got]), source.labels[index])

@@ -188,10 +188,12 @@ def _read(source, index) -> tuple[int, bytes | None, tuple | None]:
     index = int(index)
     try:
         return index, read_file(source.file(index)), None
-    except FileNotFoundError:
-        return index, None, (source.paths[index], "no such file")
     except BadImage as e:
         return index, None, (source.paths[index], e.reason)
+    except FileNotFoundError:
+        return index, None, (source.paths[index], "no such file")
+    except OSError as e:  # unreadable (permissions, I/O): a skip, as on the CPU path
+        return index, None, (source.paths[index], e.strerror or type(e).__name__)
 
 
 def _decode_chunk(reads, pool, source) -> list[dict]:

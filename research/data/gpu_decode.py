@@ -114,7 +114,8 @@ def _decoder(where: str):
         return n.Decoder(device_id=n.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[n.Backend(n.CPU_ONLY)]), params
     # every backend nvImageCodec has: the hardware JPEG decoder where the GPU has one (A100, H100, H200), nvJPEG's
     # CUDA and hybrid decoders, and libjpeg-turbo for what none of them takes
-    return n.Decoder(device_id=jax.local_devices()[0].id), params
+    device = jax.local_devices()[0]
+    return n.Decoder(device_id=getattr(device, "local_hardware_id", None) or 0), params  # the CUDA ordinal
 
 
 def decode_many(blobs: list[bytes]) -> list[np.ndarray | None]:

@@ -40,12 +40,12 @@ def loader(folder: Path, image_size: int, quick: bool, tmp: Path) -> dict:
     return {"images": result["params"]["images"], "image_size": image_size, **{k: result[k] for k in keep}}
 
 
-def dump(bundle, tap: str, data: Path, image_size: int, batch: int, out: Path) -> None:
+def dump(bundle, tap: str, data: Path, image_size: int, batch: int, out: Path, decode: str = "default") -> None:
     """Case f, one run: `research.features.dump` end to end (load, forward, HDF5 write), as the CLI runs it."""
     from research.features import dump as dump_features
 
     dump_features(bundle, str(data), [tap], out, image_size=image_size, resize="direct", batch_size=batch,
-                  overwrite=True, progress=False)
+                  overwrite=True, progress=False, decode=decode)
 
 
 def probes(quick: bool, tmp: Path) -> dict:

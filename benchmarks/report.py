@@ -8,6 +8,7 @@ CPU_TARGETS = (("(a) ours/Keras-JAX", "a_vs_keras", ">=", 1.1), ("(a) ours/PyTor
                ("(b) cost / (a)", "b_cost", "<=", 1.15),
                ("(c) cost / (a)", "c_cost", "<=", 1.5), ("(f) dump pack / (a)", "f_pack", ">=", 0.9),
                ("(f) dump jpeg / (a)", "f_jpeg", ">=", 0.9))
+DUMP_KINDS = ("pack", "jpeg", "jpeg_gpu")  # case f's inputs (run.DUMP_KINDS)
 GPU_TARGETS = (("ResNet-50 (a) inference img/s", "a", ">=", 10_000.0),
                ("ResNet-50 (d) full training img/s", "d", ">=", 3_000.0),
                ("ResNet-50 (c) top-block training img/s", "c", ">=", 3_000.0),
@@ -39,7 +40,7 @@ def ratios(model: dict) -> dict:
             if best and rate(cases.get(case)):
                 out[f"{case}_vs_{name}"] = round(rate(cases[case]) / best[1], 3)
                 out[f"{case}_{name}_way"] = best[0]
-    for data in ("pack", "jpeg"):
+    for data in DUMP_KINDS:
         f = cases.get(f"f_{data}", {})
         if rate(f) and f.get("forward_float32_img_per_s"):
             out[f"f_{data}"] = round(rate(f) / f["forward_float32_img_per_s"], 3)
@@ -154,9 +155,11 @@ def model_table(name: str, model: dict) -> list[str]:
         title = CASE_TITLES[case].format(tap=cases[case].get("tap", ""))
         lines.append(_row(title, cases[case], 1.0 if case == "a" else r.get(f"{case}_cost"), shown[0],
                           r.get(f"{case}_vs_keras"), shown[1], r.get(f"{case}_vs_torch")))
-    for data in ("pack", "jpeg"):
-        if f"f_{data}" in cases:
-            f = cases[f"f_{data}"]
+    for data in DUMP_KINDS:
+        f = cases.get(f"f_{data}")
+        if f and "absent" in f:
+            lines.append(f"| f features.dump, {data} | absent: {f['absent']} | | | | | | | | |")
+        elif f:
             lines.append(f"| f features.dump, {data} ({f['images']} images) | {_fmt(rate(f))} | — | | "
                          f"| {_fmt(r.get(f'f_{data}'), 2)} of a float32 forward at "
                          f"{_fmt(f['forward_float32_img_per_s'])} | | | | |")

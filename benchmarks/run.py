@@ -253,11 +253,17 @@ def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, pro
     return model
 
 
+# Case f's inputs: (the data it reads, --decode). jpeg decodes in CPU worker processes (folders of 256+ images),
+# jpeg_gpu with nvImageCodec on the device where `--decode gpu` can run.
+DUMP_KINDS = {"pack": ("pack", "default"), "jpeg": ("jpeg", "default"), "jpeg_gpu": ("jpeg", "gpu")}
+
+
 def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
-    """Case f on the pack and on the JPEG folder, raced against our float32 forward (what the dump computes in)
-    over as many batches, so the ratio compares runs under the same load; the warm-up run compiles."""
+    """Case f on the pack, on the JPEG folder, and on it with `--decode gpu`, raced against our float32 forward
+    (what the dump computes in) over as many batches, so the ratios compare runs under the same load; the warm-up
+    run compiles. A kind that cannot run here is recorded as absent, with the reason."""
     from . import pipeline, timing
-    from research.data import open as open_data
+    from research.data import loader, open as open_data
 
     count, batch = len(open_data(str(data["jpeg"]))), len(s.labels)
 
@@ -265,14 +271,34 @@ def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
         return [forward.call() for _ in range(-(-count // batch))]
 
     def dump_run(kind):
-        return lambda: pipeline.dump(s.bundle, s.tap, data[kind], o["image_size"], batch, tmp / f"{kind}.h5")
+        folder, decode = DUMP_KINDS[kind]
+        return lambda: pipeline.dump(s.bundle, s.tap, data[folder], o["image_size"], batch, tmp / f"{kind}.h5",
+                                     decode)
 
-    runners = {"forward": timing.Runner(forward_epoch), "pack": timing.Runner(dump_run("pack")),
-               "jpeg": timing.Runner(dump_run("jpeg"))}
+    absent = {"jpeg_gpu": gpu_decode_absent()}
+    runners = {"forward": timing.Runner(forward_epoch)}
+    runners.update({kind: timing.Runner(dump_run(kind)) for kind in DUMP_KINDS if not absent.get(kind)})
     timed = timing.race(runners, o["repeats"], count, None)
     reference = timed.pop("forward")["img_per_s"]
-    return {f"f_{kind}": {**record, "images": count, "forward_float32_img_per_s": reference}
-            for kind, record in timed.items()}
+    how = {"pack": {}, "jpeg": {"workers": loader.default_workers()}, "jpeg_gpu": {"decode_backend": None}}
+    if "jpeg_gpu" in timed:
+        from research.data import gpu_decode
+        how["jpeg_gpu"]["decode_backend"] = gpu_decode.backend()
+    out = {f"f_{kind}": {**record, **how[kind], "images": count, "forward_float32_img_per_s": reference}
+           for kind, record in timed.items()}
+    return out | {f"f_{kind}": {"absent": why} for kind, why in absent.items() if why}
+
+
+def gpu_decode_absent() -> str | None:
+    """Why `--decode gpu` cannot run here (its one-line UserError), or None."""
+    from research.errors import UserError
+
+    try:
+        from research.data import gpu_decode
+        gpu_decode.check()
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def header(benchmark: str, argv, versions: tuple) -> dict:

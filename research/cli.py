@@ -13,6 +13,7 @@ from pathlib import Path
 from research.errors import UserError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")  # research.data.resize's filters
+DECODES = ("default", "fast", "gpu")  # research.data.resize.DECODES
 
 
 def cmd_convert(args) -> None:
@@ -86,9 +87,10 @@ def add_features_parser(sub) -> None:
     p.add_argument("--interpolation", choices=INTERPOLATIONS,
                    help="the resize filter (default: the weights' own, else bilinear; Keras' load_img and "
                    "flow_from_directory use nearest)")
-    p.add_argument("--decode", default="default", choices=["default", "fast"],
+    p.add_argument("--decode", default="default", choices=DECODES,
                    help="fast: JPEGs decoded at a reduced DCT scale before the resize (faster; pixels differ from "
-                   "Keras' and torchvision's)")
+                   "Keras' and torchvision's); gpu: JPEGs decoded by nvImageCodec and resized on the GPU (the "
+                   "gpu-decode extra; within a level of the default's pixels)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--buffer-size", type=int, default=1000, help="rows flushed to disk at least this often")
     p.add_argument("--split", choices=["train", "validation", "test"], help="one given split (default: all)")
@@ -321,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with shorter_center_crop: shorter side to floor(N / CROP_PCT), as timm (default: 0.875, "
                    "rounded, as torchvision)")
     p.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS)
-    p.add_argument("--decode", default="default", choices=["default", "fast"],
-                   help="fast: JPEGs decoded at a reduced DCT scale before the resize (recorded in the pack)")
+    p.add_argument("--decode", default="default", choices=DECODES,
+                   help="fast: JPEGs decoded at a reduced DCT scale before the resize; gpu: decoded and resized on "
+                   "the GPU (the gpu-decode extra); either is recorded in the pack")
     p.add_argument("--split-test", type=float, default=0.0, help="fraction of each class to put in test")
     p.add_argument("--split-val", type=float, default=0.0, help="fraction of each class to put in validation")
     p.add_argument("--seed", type=int, default=0, help="the seed of the split")

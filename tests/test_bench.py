@@ -130,3 +130,36 @@ def test_mobile_models_race_a_pytorch_peer(tmp_path):
     from benchmarks import models, torch_peer
     why = torch_peer.absent_reason(models.spec_of("mobilenet_v2"), "float32")
     assert why is None if importlib.util.find_spec("torchvision") else why.startswith("torchvision not importable")
+
+
+def test_dump_cases_time_gpu_decoding_or_say_why_not(tmp_path, monkeypatch):
+    """Case f's three inputs on a tiny model: the pack, the JPEGs, and the JPEGs with --decode gpu (nvImageCodec's
+    CPU backend where it is installed; elsewhere, and on any machine without a GPU by default, absent with the
+    one-line reason)."""
+    import importlib.util
+
+    from benchmarks import models, pipeline
+    from research.data import gpu_decode, pack
+
+    monkeypatch.delenv(gpu_decode.BACKEND_ENV, raising=False)
+    import jax
+    if jax.default_backend() != "gpu":
+        assert "pip install -e '.[gpu-decode]'" in run.gpu_decode_absent()
+    codec = importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    if codec:
+        monkeypatch.setenv(gpu_decode.BACKEND_ENV, "cpu")
+    s = models.setup("resnet18:torchvision", 32, 2, "float32")
+    folder, _ = pipeline.image_folder(tmp_path / "jpeg", 4)
+    pack.write(folder, tmp_path / "p.h5", 32, progress=False)
+    cases = run.dump_cases(s, {"image_size": 32, "repeats": 1}, {"jpeg": folder, "pack": tmp_path / "p.h5"},
+                           tmp_path, models.forward(s))
+    assert cases["f_pack"]["img_per_s"] > 0 and cases["f_jpeg"]["workers"] >= 1
+    if codec:
+        assert cases["f_jpeg_gpu"]["img_per_s"] > 0 and cases["f_jpeg_gpu"]["decode_backend"] == "cpu"
+    else:
+        assert "gpu-decode" in cases["f_jpeg_gpu"]["absent"]
+    model = {"spec": s.spec.to_dict(), "preprocessing": s.preprocessing, "image_size": 32, "batch": 2,
+             "dtype": "float32", "cases": cases, "keras": {}}
+    model["ratios"] = report.ratios(model)
+    assert ("f_jpeg_gpu" in model["ratios"]) == codec
+    assert "| f features.dump, jpeg_gpu" in "\n".join(report.model_table("m", model))

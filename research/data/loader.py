@@ -43,7 +43,8 @@ def batches(source: Source, indices=None, batch_size: int = 32, image_size: int 
     """Yields {"images": uint8 (B,N,N,3), "labels": int32 (B,), "index": int64 (B,)}.
 
     `indices` defaults to every record; `policy` is a ResizePolicy or a method name (default direct, bilinear;
-    for a pack, None means as stored). Unreadable files are recorded in `skips` when given.
+    for a pack, None means as stored). Unreadable files are recorded in `skips` when given. A policy with
+    decode="gpu" decodes and resizes on the device (research.data.gpu_decode): `images` is then a jax.Array.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be positive, got {batch_size}")
@@ -53,16 +54,34 @@ def batches(source: Source, indices=None, batch_size: int = 32, image_size: int 
     workers = workers or default_workers()
     if len(order) == 0:
         return iter(())
+    chosen = check(source, image_size, policy)
+    if source.kind == "pack":
+        return _pack_batches(source, order, batch_size, drop_remainder, workers, prefetch)
+    skips = skips if skips is not None else SkipLog()
+    if chosen.decode == "gpu":
+        from research.data import gpu_decode
+
+        return gpu_decode.batches(source, order, batch_size, image_size, chosen, drop_remainder, workers, prefetch,
+                                  skips)
+    return _file_batches(source, order, batch_size, image_size, chosen, drop_remainder, workers, prefetch, skips)
+
+
+def check(source: Source, image_size: int | None = None, policy=None):
+    """The UserErrors `batches` gives for a request, raised before any record is read, so that a caller can check
+    before it opens an output; returns the policy (None for a pack)."""
     if source.kind == "pack":
         _check_pack_request(source, image_size, policy)
-        return _pack_batches(source, order, batch_size, drop_remainder, workers, prefetch)
+        return None
     if image_size is None:
         raise UserError("an image size is needed to load images from a folder")
     chosen = make_policy(policy or "direct")
-    if chosen.draft(image_size) and (source.kind != "folder" or source.reader is not None):
-        raise UserError(f"--decode fast reads image files; {source.spec} is a {source.kind} source")
-    return _file_batches(source, order, batch_size, image_size, chosen, drop_remainder, workers, prefetch,
-                         skips if skips is not None else SkipLog())
+    if chosen.decode != "default" and (source.kind != "folder" or source.reader is not None):
+        raise UserError(f"--decode {chosen.decode} reads image files; {source.spec} is a {source.kind} source")
+    if chosen.decode == "gpu":
+        from research.data import gpu_decode
+
+        gpu_decode.check()
+    return chosen
 
 
 def ordering(indices, seed: int | None = None, shuffle: bool = False) -> np.ndarray:

@@ -135,7 +135,7 @@ def _fill(images, source, size, policy, workers, skips, progress) -> np.ndarray:
               dynamic_ncols=True) as bar:
         for batch in stream:
             n = len(batch["index"])
-            images[pos:pos + n] = batch["images"]
+            images[pos:pos + n] = np.asarray(batch["images"])  # a jax.Array from --decode gpu
             kept.append(batch["index"])
             pos += n
             bar.update(pos + len(skips) - bar.n)

@@ -30,7 +30,7 @@ INTERPOLATIONS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 METHODS = ("direct", "shorter_center_crop")
-DECODES = ("default", "fast")
+DECODES = ("default", "fast", "gpu")
 CROP_FRACTION = 0.875
 MAX_SIZE = 4096  # the largest NxN any command makes: far above ImageNet models' inputs, far below memory limits
 
@@ -77,7 +77,7 @@ class ResizePolicy:
 
     def draft(self, size: int) -> tuple[int, int] | None:
         """The (w, h) both sides of a reduced JPEG decode must reach for this resize, or None: decode in full."""
-        if self.decode == "default":
+        if self.decode != "fast":
             return None
         side = size if self.method == "direct" else shorter_side(size, self.crop_pct)
         return side, side
@@ -119,8 +119,20 @@ def _shorter_to(wh: tuple[int, int], short: int) -> tuple[int, int]:
 
 
 def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    """torchvision's offsets: int(round((dim - size) / 2))."""
     w, h = image.size
-    left = int(round((w - size) / 2.0))
-    top = int(round((h - size) / 2.0))
+    left, top = crop_offset(w, size), crop_offset(h, size)
     return image.crop((left, top, left + size, top + size))
+
+
+def crop_offset(dim: int, size: int) -> int:
+    """torchvision's centre-crop offset: int(round((dim - size) / 2))."""
+    return int(round((dim - size) / 2.0))
+
+
+def geometry(hw: tuple[int, int], size: int, policy: ResizePolicy) -> tuple[int, int, int, int]:
+    """(resized h, resized w, crop top, crop left) of `policy` on an image of (h, w): what `resize` does, as
+    numbers, for resizers that run elsewhere (research.data.gpu_decode)."""
+    if policy.method == "direct":
+        return size, size, 0, 0
+    w, h = _shorter_to((hw[1], hw[0]), shorter_side(size, policy.crop_pct))
+    return h, w, crop_offset(h, size), crop_offset(w, size)

@@ -112,6 +112,7 @@ def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer
     taps = bundle.spec.check_taps([taps] if isinstance(taps, str) else taps)
     source = datasets.open(data)
     plan = _shard(_plan(bundle, source, image_size, resize, split, interpolation, decode), shard)
+    loader.check(source, plan.image_size, plan.policy_arg)  # e.g. --decode gpu without a GPU: before any output
     bundle.check_images(np.zeros((1, plan.image_size, plan.image_size, 3), np.uint8))
     devices = Devices()
     run = Runner(bundle, taps, pool, dtype, devices)
@@ -217,7 +218,8 @@ class Devices:
         self.replicated = NamedSharding(mesh, PartitionSpec())
 
     def put(self, images):
-        """Pads to a multiple of the device count and shards (host or device images); returns (array, real rows)."""
+        """Pads to a multiple of the device count and shards; returns (array, real rows). `images` may be a
+        jax.Array already on a device (--decode gpu), padded there."""
         n = len(images)
         pad = -n % self.count
         if pad:

@@ -40,12 +40,13 @@ def loader(folder: Path, image_size: int, quick: bool, tmp: Path) -> dict:
     return {"images": result["params"]["images"], "image_size": image_size, **{k: result[k] for k in keep}}
 
 
-def dump(bundle, tap: str, data: Path, image_size: int, batch: int, out: Path, decode: str = "default") -> None:
+def dump(bundle, tap: str, data: Path, image_size: int, batch: int, out: Path, decode: str = "default",
+         compute: str = "float32") -> None:
     """Case f, one run: `research.features.dump` end to end (load, forward, HDF5 write), as the CLI runs it."""
     from research.features import dump as dump_features
 
     dump_features(bundle, str(data), [tap], out, image_size=image_size, resize="direct", batch_size=batch,
-                  overwrite=True, progress=False, decode=decode)
+                  overwrite=True, progress=False, decode=decode, compute=compute)
 
 
 def probes(quick: bool, tmp: Path) -> dict:

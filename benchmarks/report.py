@@ -19,6 +19,15 @@ def rate(record) -> float | None:
     return record.get("img_per_s") if isinstance(record, dict) else None
 
 
+def forward_rate(f: dict) -> float | None:
+    """Case f's reference: the forward it raced (results before `forward_dtype` raced a float32 one)."""
+    return f.get("forward_img_per_s", f.get("forward_float32_img_per_s"))
+
+
+def forward_dtype(f: dict) -> str:
+    return f.get("forward_dtype", "float32")
+
+
 def keras_best(peer: dict, case: str) -> tuple[str, float] | None:
     """The fastest way a peer (Keras, PyTorch) was timed for `case`: (how, img/s)."""
     ways = {k: rate(v) for k, v in peer.get(case, {}).items() if rate(v)}
@@ -42,8 +51,8 @@ def ratios(model: dict) -> dict:
                 out[f"{case}_{name}_way"] = best[0]
     for data in DUMP_KINDS:
         f = cases.get(f"f_{data}", {})
-        if rate(f) and f.get("forward_float32_img_per_s"):
-            out[f"f_{data}"] = round(rate(f) / f["forward_float32_img_per_s"], 3)
+        if rate(f) and forward_rate(f):
+            out[f"f_{data}"] = round(rate(f) / forward_rate(f), 3)
     return out
 
 
@@ -107,8 +116,8 @@ def evidence(result: dict) -> list[str]:
         elif key.startswith("f_"):
             loader = result.get("loader", {})
             decode = max((loader.get("decode_resize_img_per_s") or {"-": 0}).values())
-            notes.append(f"{t['model']} (f) {key[2:]} dump {rate(cases[key])} img/s against a float32 forward of "
-                         f"{cases[key]['forward_float32_img_per_s']} img/s; JPEG decode+resize tops out at "
+            notes.append(f"{t['model']} (f) {key[2:]} dump {rate(cases[key])} img/s against a "
+                         f"{forward_dtype(cases[key])} forward of {forward_rate(cases[key])} img/s; JPEG decode+resize tops out at "
                          f"{decode} img/s, pack read {loader.get('pack_read_img_per_s')} img/s; the dump also writes "
                          f"HDF5 and moves each batch host->device->host.")
     return notes
@@ -161,8 +170,8 @@ def model_table(name: str, model: dict) -> list[str]:
             lines.append(f"| f features.dump, {data} | absent: {f['absent']} | | | | | | | | |")
         elif f:
             lines.append(f"| f features.dump, {data} ({f['images']} images) | {_fmt(rate(f))} | — | | "
-                         f"| {_fmt(r.get(f'f_{data}'), 2)} of a float32 forward at "
-                         f"{_fmt(f['forward_float32_img_per_s'])} | | | | |")
+                         f"| {_fmt(r.get(f'f_{data}'), 2)} of a {forward_dtype(f)} forward at "
+                         f"{_fmt(forward_rate(f))} | | | | |")
     return lines + [""]
 
 

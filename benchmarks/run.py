@@ -248,7 +248,7 @@ def model_cases(name: str, o: dict, peak: dict, keras, why, data, tmp: Path, pro
             into.update({case: ways} if ways else {})
         progress(model)
     if "f" in o["cases"]:
-        cases.update(dump_cases(s, o, data, tmp, forward if o["dtype"] == "float32" else models.forward(s, "float32")))
+        cases.update(dump_cases(s, o, data, tmp, forward))
         progress(model)
     return model
 
@@ -259,8 +259,8 @@ DUMP_KINDS = {"pack": ("pack", "default"), "jpeg": ("jpeg", "default"), "jpeg_gp
 
 
 def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
-    """Case f on the pack, on the JPEG folder, and on it with `--decode gpu`, raced against our float32 forward
-    (what the dump computes in) over as many batches, so the ratios compare runs under the same load; the warm-up
+    """Case f on the pack, on the JPEG folder, and on it with `--decode gpu`, computing in the run's dtype
+    (`research features --compute-dtype`), raced against our forward in that dtype over as many batches, so the ratios compare runs under the same load; the warm-up
     run compiles. A kind that cannot run here is recorded as absent, with the reason."""
     from . import pipeline, timing
     from research.data import loader, open as open_data
@@ -273,7 +273,7 @@ def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
     def dump_run(kind):
         folder, decode = DUMP_KINDS[kind]
         return lambda: pipeline.dump(s.bundle, s.tap, data[folder], o["image_size"], batch, tmp / f"{kind}.h5",
-                                     decode)
+                                     decode, o["dtype"])
 
     absent = {"jpeg_gpu": gpu_decode_absent()}
     runners = {"forward": timing.Runner(forward_epoch)}
@@ -284,7 +284,8 @@ def dump_cases(s, o: dict, data: dict, tmp: Path, forward) -> dict:
     if "jpeg_gpu" in timed:
         from research.data import gpu_decode
         how["jpeg_gpu"]["decode_backend"] = gpu_decode.backend()
-    out = {f"f_{kind}": {**record, **how[kind], "images": count, "forward_float32_img_per_s": reference}
+    out = {f"f_{kind}": {**record, **how[kind], "images": count, "forward_img_per_s": reference,
+                         "forward_dtype": o["dtype"]}
            for kind, record in timed.items()}
     return out | {f"f_{kind}": {"absent": why} for kind, why in absent.items() if why}
 

@@ -48,7 +48,7 @@ def cmd_features(args) -> None:
     result = dump(args.weights, args.data, args.tap, args.out, pool=args.pool, image_size=args.image_size,
                   resize=args.resize, batch_size=args.batch_size, buffer_size=args.buffer_size, split=args.split,
                   dtype=args.dtype, overwrite=args.overwrite, workers=args.workers, shard=_shard(args.shard),
-                  interpolation=args.interpolation, decode=args.decode)
+                  interpolation=args.interpolation, decode=args.decode, compute=args.compute_dtype)
     print(result.summary())
 
 
@@ -95,6 +95,8 @@ def add_features_parser(sub) -> None:
     p.add_argument("--buffer-size", type=int, default=1000, help="rows flushed to disk at least this often")
     p.add_argument("--split", choices=["train", "validation", "test"], help="one given split (default: all)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="the stored dtype")
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the forward's dtype (bfloat16: faster on GPUs and TPUs; features move by its rounding)")
     p.add_argument("--workers", type=int, help="decoding workers: processes for folders of 256+ images, else threads (default: up to 8)")
     p.add_argument("--out", required=True, help="the .h5 file to write (OUT.partial until complete)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT, or restart a partial one")

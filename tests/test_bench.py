@@ -76,7 +76,7 @@ def test_bad_flags_are_user_errors(tmp_path, capsys, flags):
 def test_targets_from_ratios():
     model = {"spec": {"arch": "resnet50"}, "cases": {"a": {"img_per_s": 100.0, "dtype": "float32"},
                                                      "b": {"img_per_s": 90.0}, "c": {"img_per_s": 50.0},
-                                                     "f_pack": {"img_per_s": 95.0, "forward_float32_img_per_s": 100.0}},
+                                                     "f_pack": {"img_per_s": 95.0, "forward_img_per_s": 100.0}},
              "keras": {"a": {"predict_on_batch": {"img_per_s": 80.0}, "jit_stateless_call": {"img_per_s": 95.0}}}}
     model["ratios"] = report.ratios(model)
     assert model["ratios"]["a_vs_keras"] == pytest.approx(100 / 95, abs=1e-3)
@@ -151,9 +151,11 @@ def test_dump_cases_time_gpu_decoding_or_say_why_not(tmp_path, monkeypatch):
     s = models.setup("resnet18:torchvision", 32, 2, "float32")
     folder, _ = pipeline.image_folder(tmp_path / "jpeg", 4)
     pack.write(folder, tmp_path / "p.h5", 32, progress=False)
-    cases = run.dump_cases(s, {"image_size": 32, "repeats": 1}, {"jpeg": folder, "pack": tmp_path / "p.h5"},
+    cases = run.dump_cases(s, {"image_size": 32, "repeats": 1, "dtype": "float32"},
+                           {"jpeg": folder, "pack": tmp_path / "p.h5"},
                            tmp_path, models.forward(s))
     assert cases["f_pack"]["img_per_s"] > 0 and cases["f_jpeg"]["workers"] >= 1
+    assert cases["f_pack"]["forward_dtype"] == "float32" and cases["f_pack"]["forward_img_per_s"] > 0
     if codec:
         assert cases["f_jpeg_gpu"]["img_per_s"] > 0 and cases["f_jpeg_gpu"]["decode_backend"] == "cpu"
     else:

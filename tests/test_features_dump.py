@@ -167,8 +167,22 @@ def test_several_taps_one_pass_and_float16(resnet18, folder, tmp_path):
                                   single["features"]["pre_logits"].astype(np.float16))
 
 
+def test_bfloat16_forward_is_recorded_and_close(resnet18, folder, tmp_path):
+    """`--compute-dtype bfloat16`: recorded (and hashed, so a float32 partial is not resumed with it), stored as
+    float32 rows within bfloat16's rounding of the float32 forward's."""
+    ref = read(dump(resnet18, folder, ["pre_logits"], tmp_path / "f32.h5", image_size=32, batch_size=8).out)
+    got = read(dump(resnet18, folder, ["pre_logits"], tmp_path / "bf16.h5", image_size=32, batch_size=8,
+                    compute="bfloat16").out)
+    assert ref["attrs"]["compute_dtype"] == "float32" and got["attrs"]["compute_dtype"] == "bfloat16"
+    assert got["attrs"][hdf5.ARGS_HASH] != ref["attrs"][hdf5.ARGS_HASH]
+    a, b = got["features"]["pre_logits"], ref["features"]["pre_logits"]
+    assert a.dtype == np.float32 and not np.array_equal(a, b)
+    assert np.median(np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)) < 0.05
+
+
 def test_bad_arguments_are_user_errors(vgg, folder, tmp_path):
     for kwargs, message in (({"pool": "sum"}, "unknown pooling"), ({"dtype": "int8"}, "unknown dtype"),
+                            ({"compute": "float16"}, "unknown compute dtype"),
                             ({"batch_size": 16, "buffer_size": 8}, "at least --batch-size"),
                             ({"taps": ["fc9"]}, "has no tap fc9")):
         args = {"taps": ["block1_pool"], **kwargs}

@@ -108,6 +108,21 @@ def test_logreg_row_space_is_gridsearchcv(data, standardize):
     np.testing.assert_allclose(fast.decision_function(xt), search.decision_function(xt), atol=1e-4 * scale)
 
 
+def test_logreg_row_space_binary_is_gridsearchcv():
+    """Two classes: scikit-learn's binomial model (one weight row), refitted into an ordinary estimator."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    x, y = relu_features(100, d=800, k=2)
+    xt, _ = relu_features(60, d=800, k=2, seed=1)
+    fast, record = logreg.fit(x, y, grid=GRID[1:], jobs=1)
+    search = GridSearchCV(LogisticRegression(max_iter=logreg.MAX_ITER), {"C": list(GRID[1:])},
+                          cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(x, y)
+    assert record["paths"]["row_space"] and record["best_C"] == search.best_params_["C"]
+    assert fast[-1].coef_.shape == (1, 800)
+    np.testing.assert_array_equal(fast.predict(xt), search.predict(xt))
+
+
 def test_row_space_fitted_on_each_folds_training_rows(data, monkeypatch):
     (x, y), _, (xv, yv) = data
     seen = []

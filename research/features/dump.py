@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 POOLS = ("avg", "max", "flatten", "cls", "cls+avg")
 TOKEN_POOLS = ("cls", "cls+avg")  # token taps (N, T, C) only; `avg`, `max` there pool the patch tokens
 STORE_DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
+COMPUTE_DTYPES = ("float32", "bfloat16")  # the forward's; bfloat16 for accelerators, off the reference by its rounding
 DEFAULT_RESIZE = {"torch": "shorter_center_crop", "caffe": "direct"}  # torchvision eval crop; Keras target_size
 DEFAULT_IMAGE_SIZE = 224
 
@@ -82,7 +83,8 @@ class Plan:
 def dump(weights, data, taps, out, pool: str | None = None, image_size: int | None = None, resize: str | None = None,
          batch_size: int = 64, buffer_size: int = 1000, split: str | None = None, dtype: str = "float32",
          overwrite: bool = False, workers: int | None = None, progress: bool | None = None,
-         shard: tuple[int, int] | None = None, interpolation: str | None = None, decode: str = "default") -> DumpResult:
+         shard: tuple[int, int] | None = None, interpolation: str | None = None, decode: str = "default",
+         compute: str = "float32") -> DumpResult:
     """Features of `data` (a `research.data.open` spec) at `taps` of `weights` (anything `research.load` takes,
     or a Bundle) into the HDF5 file `out`; see the module docstring. `progress` None: a bar on a terminal.
     `pool` None: `avg` for spatial taps; for token taps `cls` where the model has a class token, else `avg`
@@ -91,19 +93,20 @@ def dump(weights, data, taps, out, pool: str | None = None, image_size: int | No
     `shard=(i, n)` (one process of n) dumps only the i-th contiguous block of the records; `hdf5.stitch` joins
     the n shard files into one whose `features` is a virtual dataset over them. `interpolation` is the resize
     filter for image files (Keras' `load_img` and `flow_from_directory` use nearest; torchvision bilinear);
-    `decode="fast"` decodes JPEGs at a reduced DCT scale (research.data.resize).
+    `decode="fast"` decodes JPEGs at a reduced DCT scale (research.data.resize). `compute="bfloat16"` runs the
+    forward in bfloat16 (recorded; the stored rows are cast to `dtype` as ever).
 
     The output's lock (`OUT.lock`) is held from before the partial is opened to after the rename, so a second
     run on the same `out` is refused at once and changes nothing."""
     out = _check_out(Path(out), overwrite)
-    _check_numbers(pool, dtype, batch_size, buffer_size)
+    _check_numbers(pool, dtype, batch_size, buffer_size, compute)
     with io.lock(out):
         return _dump(weights, data, taps, _check_out(out, overwrite), pool, image_size, resize, batch_size,
-                     buffer_size, split, dtype, overwrite, workers, progress, shard, interpolation, decode)
+                     buffer_size, split, dtype, overwrite, workers, progress, shard, interpolation, decode, compute)
 
 
 def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer_size, split, dtype, overwrite,
-          workers, progress, shard, interpolation, decode) -> DumpResult:
+          workers, progress, shard, interpolation, decode, compute) -> DumpResult:
     """`dump` once it holds the output's lock."""
     import research
     from research import data as datasets
@@ -115,9 +118,9 @@ def _dump(weights, data, taps, out, pool, image_size, resize, batch_size, buffer
     loader.check(source, plan.image_size, plan.policy_arg)  # e.g. --decode gpu without a GPU: before any output
     bundle.check_images(np.zeros((1, plan.image_size, plan.image_size, 3), np.uint8))
     devices = Devices()
-    run = Runner(bundle, taps, pool, dtype, devices)
+    run = Runner(bundle, taps, pool, dtype, devices, compute)
     pooling = {t: tap_pooling(pool, len(s), run.prefix) for t, s in run.shapes(plan.image_size, pooled=False).items()}
-    attrs = _provenance(bundle, source, taps, pooling, pool, plan, dtype, batch_size, devices.count)
+    attrs = _provenance(bundle, source, taps, pooling, pool, plan, dtype, batch_size, devices.count, compute)
     partial = partial_path(out)
     start = time.perf_counter()
     with io.writing(partial), _open_partial(partial, attrs, overwrite) as f:
@@ -140,11 +143,13 @@ def _check_out(out: Path, overwrite: bool) -> Path:
     return io.check_out(out, overwrite, ours=hdf5.is_features_file, what="a features file")
 
 
-def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int) -> None:
+def _check_numbers(pool: str, dtype: str, batch_size: int, buffer_size: int, compute: str = "float32") -> None:
     if pool is not None and pool not in POOLS:
         raise UserError(f"unknown pooling {pool!r}; known: {', '.join(POOLS)}")
     if dtype not in STORE_DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; known: {', '.join(STORE_DTYPES)}")
+    if compute not in COMPUTE_DTYPES:
+        raise UserError(f"unknown compute dtype {compute!r}; known: {', '.join(COMPUTE_DTYPES)}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     if buffer_size < batch_size:
@@ -268,11 +273,12 @@ def prefix_tokens(spec) -> tuple:
 
 
 @functools.lru_cache(maxsize=32)
-def _pooled_forward(spec, taps, preprocessing, pool, dtype):
-    """The bundle's forward with pooling and the storage cast fused in; one per (spec, taps, pool, dtype)."""
+def _pooled_forward(spec, taps, preprocessing, pool, dtype, compute="float32"):
+    """The bundle's forward with pooling and the storage cast fused in; one per (spec, taps, pool, dtype,
+    compute)."""
     from research.bundle import forward_body, forward_fn
 
-    forward = forward_body(spec, taps, "float32", preprocessing)
+    forward = forward_body(spec, taps, compute, preprocessing)
     prefix = prefix_tokens(spec)
 
     @xla.jit
@@ -280,14 +286,14 @@ def _pooled_forward(spec, taps, preprocessing, pool, dtype):
         return {t: pool_tap(v, pool, prefix).astype(STORE_DTYPES[dtype])
                 for t, v in forward(variables, images).items()}
 
-    return forward_fn(spec, taps, "float32", preprocessing), run
+    return forward_fn(spec, taps, compute, preprocessing), run
 
 
 class Runner:
     """uint8 batches -> {tap: numpy (B, D)}, sharded over `devices`."""
 
-    def __init__(self, bundle, taps, pool, dtype, devices: Devices):
-        self.raw, self.fn = _pooled_forward(bundle.spec, taps, bundle.preprocessing, pool, dtype)
+    def __init__(self, bundle, taps, pool, dtype, devices: Devices, compute: str = "float32"):
+        self.raw, self.fn = _pooled_forward(bundle.spec, taps, bundle.preprocessing, pool, dtype, compute)
         self.prefix = prefix_tokens(bundle.spec)
         self.devices = devices
         self.variables = bundle.placed(devices.replicated)
@@ -319,8 +325,10 @@ class Runner:
         return self._shapes[size, pooled]
 
 
-def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_size, device_count) -> dict:
-    """The root attributes; `args_hash` covers exactly what decides the bytes of the features."""
+def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_size, device_count,
+                compute: str = "float32") -> dict:
+    """The root attributes; `args_hash` covers exactly what decides the bytes of the features (a float32 forward
+    adds nothing to it, so partials started before `compute` existed still resume)."""
     from research import __version__
 
     weights = bundle.meta.get("source", {})
@@ -330,7 +338,8 @@ def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_si
                "pooling": pooling, "preprocessing": bundle.preprocessing,
                "resize_policy": plan.policy.record(plan.image_size), "listing_sha256": listing,
                "split": plan.split, "shard": plan.shard, "dtype": dtype, "batch_size": batch_size,
-               "device_count": device_count, "format_version": hdf5.FORMAT_VERSION}
+               "device_count": device_count, "format_version": hdf5.FORMAT_VERSION,
+               **({"compute_dtype": compute} if compute != "float32" else {})}
     args_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     return {"format": hdf5.FORMAT, "format_version": hdf5.FORMAT_VERSION, "arch": bundle.spec.arch,
             "layout": bundle.spec.layout, "model": bundle.spec.to_dict(), "weights_sha256": weights.get("sha256"),
@@ -341,7 +350,8 @@ def _provenance(bundle, source, taps, pooling: dict, pool, plan, dtype, batch_si
             "interpolation": plan.policy.interpolation, "resize_policy": plan.policy.record(plan.image_size),
             "dataset_spec": source.spec, "listing_sha256": listing, "split": plan.split,
             "split_record": plan.split_record, "shard": plan.shard, "research_version": __version__,
-            "dtype": dtype, "batch_size": batch_size, "device_count": device_count, hdf5.ARGS_HASH: args_hash}
+            "dtype": dtype, "compute_dtype": compute, "batch_size": batch_size, "device_count": device_count,
+            hdf5.ARGS_HASH: args_hash}
 
 
 def _summary(pooling: dict) -> str:

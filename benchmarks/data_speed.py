@@ -1,6 +1,6 @@
 """How fast images reach the model: JPEG decode+resize by worker count, pack reads, and on-device augmentation.
 
-    python benchmarks/data_speed.py [--data DIR] [--limit N] [--image-size 224] [--quick] [--out FILE]
+    python -m benchmarks.data_speed [--data DIR] [--limit N] [--image-size 224] [--quick] [--out FILE]
 
 Measures, on a class-folder tree (default ../shared/datasets/flowers17):
 - decode+resize img/s from the JPEG files with 1, 2, 4, ... up to os.cpu_count() loader threads, and as many

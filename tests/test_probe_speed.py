@@ -79,6 +79,8 @@ def test_row_space_fits_stop_where_scikit_learn_stops(classes):
         np.testing.assert_array_equal(ours.predict(z_other), reference.predict(other))
         moved += LogisticRegression(C=c, max_iter=logreg.MAX_ITER).fit(space.z, y).n_iter_[0] != ours.n_iter
     assert moved
+    short = softmax.fit(space.z, y, classes, 1.0, basis, logreg.TOL, 3, np.float32)
+    assert short.n_iter == 3 and not short.converged  # where scikit-learn warns that it did not converge
 
 
 @pytest.mark.parametrize("standardize", [False, True])

@@ -98,13 +98,16 @@ def fit(z: np.ndarray, y: np.ndarray, classes: int, c: float, basis: Basis, tol:
         if not np.array_equal(intermediate_result.x, last.get("w")):
             loss_gradient(intermediate_result.x)
         if np.abs(last["g_intercept"]).max() <= tol and basis.within(last["g_coef"].T, tol):
+            last["converged"] = True
             raise StopIteration
 
     done = optimize.minimize(loss_gradient, np.zeros(outputs * (r + 1)), method="L-BFGS-B", jac=True,
                              callback=stop,
                              options={"maxiter": max_iter, "maxls": MAX_LINE_SEARCH, "gtol": 0.0, "ftol": FTOL})
     w = done.x
-    return Fit(w[:outputs * r].reshape(outputs, r), w[outputs * r:], int(done.nit), int(done.nit) < max_iter)
+    # converged as scikit-learn counts it: its gradient test (ours), or scipy's own ending without a warning
+    converged = bool(last.get("converged")) or done.status == 0
+    return Fit(w[:outputs * r].reshape(outputs, r), w[outputs * r:], int(done.nit), converged)
 
 
 def _binomial(raw, target):

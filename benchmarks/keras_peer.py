@@ -12,11 +12,16 @@ import numpy as np
 from . import timing
 
 APPS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152", "vgg16": "VGG16",
-        "vgg19": "VGG19", "mobilenet_v2": "MobileNetV2"}
-# Keras' layer-name prefixes of our top block: stage4 / block5 / MobileNetV2's stage5 (blocks 13-16) and top
+        "vgg19": "VGG19", "mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0",
+        "convnext_tiny": "ConvNeXtTiny"}
+# Keras' layer-name prefixes of our top block: stage4 / block5 / MobileNetV2's stage5 (blocks 13-16) and top /
+# EfficientNet's stage7 and top conv / ConvNeXt-T's last stage with its downsampling and the pooled LayerNorm
 TOP_BLOCK = {"resnet": ("conv5_",), "vgg": ("block5_",),
-             "mobilenet": ("block_13_", "block_14_", "block_15_", "block_16_", "Conv_1", "out_relu")}
-PREPROCESS_MODE = {"mobilenet": "tf"}  # imagenet_utils.preprocess_input's mode; caffe for the others
+             "mobilenet": ("block_13_", "block_14_", "block_15_", "block_16_", "Conv_1", "out_relu"),
+             "efficientnet": ("block7", "top_"),
+             "convnext": ("convnext_tiny_downsampling_block_2", "convnext_tiny_stage_3", "layer_normalization")}
+# imagenet_utils.preprocess_input's mode, caffe for the others; None: the application normalises inside
+PREPROCESS_MODE = {"mobilenet": "tf", "efficientnet": None, "convnext": None}
 
 
 def load():
@@ -51,7 +56,8 @@ class Peer:
         self.model = keras.Model(self.base.input, keras.layers.Dense(classes)(x))
         keras.config.set_dtype_policy("float32")  # the policy only matters while layers are built
         mode = PREPROCESS_MODE.get(self.family, "caffe")
-        self.preprocess = lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode=mode)
+        self.preprocess = ((lambda x: x) if mode is None else
+                           lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode=mode))
         self.images = s.images
         self.x_host = np.asarray(self.preprocess(np.asarray(s.images, np.float32)))
         self.x = jax.device_put(self.x_host)

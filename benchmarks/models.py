@@ -45,7 +45,9 @@ def spec_of(name: str):
 
 
 def preprocessing_of(spec) -> str:
-    return FAMILY_PREPROCESSING.get(spec.family) or PREPROCESSING[spec.layout]
+    """What the layout's weight files record (the family's source record), as `research.load` would set it."""
+    source = spec.record.sources.get(spec.layout)
+    return source.preprocessing if source else FAMILY_PREPROCESSING.get(spec.family) or PREPROCESSING[spec.layout]
 
 
 def setup(name: str, image_size: int, batch: int, dtype: str, seed: int = 0) -> Setup:

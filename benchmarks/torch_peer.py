@@ -1,6 +1,7 @@
 """The PyTorch CPU peer: the same network in PyTorch (the CPU wheel CI installs), same batch, input size and fresh
 head, timed in the same race as ours. EfficientNet-Lite0 from its own PyTorch source (`efficientnet_lite_pytorch`);
-MobileNetV2 from torchvision where it is importable (torch's CPU wheel does not bring it). Forward under
+MobileNetV2, EfficientNetB0 and ConvNeXt-T from torchvision where it is importable (torch's CPU wheel does not
+bring it). Forward under
 `torch.inference_mode()`; train steps with Adam, the frozen part `requires_grad=False` and its BatchNorm in eval
 mode, as ours. float32 only, NCHW input in channels-last memory (PyTorch's faster CPU layout for these nets)."""
 from __future__ import annotations
@@ -14,6 +15,14 @@ SOURCES = {
     "mobilenet_v2": ("torchvision", "mobilenet_v2",
                      {"head": ("classifier",), "top_block": tuple(f"features.{i}" for i in range(14, 19))
                       + ("classifier",)}, "classifier.1"),
+    # ours: stage7 (the last MBConv stage) and the 1x1 conv to 1280 after it
+    "efficientnet_b0": ("torchvision", "efficientnet_b0",
+                        {"head": ("classifier",), "top_block": ("features.7", "features.8", "classifier")},
+                        "classifier.1"),
+    # ours: stage4 with its downsampling, the final norm and the head
+    "convnext_tiny": ("torchvision", "convnext_tiny",
+                      {"head": ("classifier.2",), "top_block": ("features.6", "features.7", "classifier")},
+                      "classifier.2"),
 }
 
 
@@ -40,7 +49,7 @@ def build(arch: str, classes: int):
         model = EfficientNet.from_name("efficientnet-lite0")
     else:
         import torchvision
-        model = torchvision.models.mobilenet_v2(weights=None)
+        model = getattr(torchvision.models, kind)(weights=None)
     parent, _, name = classifier.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
     setattr(owner, name, torch.nn.Linear(getattr(owner, name).in_features, classes))

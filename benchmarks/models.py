@@ -13,8 +13,6 @@ from research.errors import UserError
 
 CLASSES = 17  # a transfer task's head (flowers17); its size hardly matters to speed
 PRESETS = {"b": "head", "c": "top_block", "d": "all"}
-PREPROCESSING = {"keras": "caffe", "torchvision": "torch"}
-FAMILY_PREPROCESSING = {"mobilenet": "tf", "efficientnet": "tflite"}  # what their weight files record
 
 
 @dataclasses.dataclass
@@ -46,8 +44,7 @@ def spec_of(name: str):
 
 def preprocessing_of(spec) -> str:
     """What the layout's weight files record (the family's source record), as `research.load` would set it."""
-    source = spec.record.sources.get(spec.layout)
-    return source.preprocessing if source else FAMILY_PREPROCESSING.get(spec.family) or PREPROCESSING[spec.layout]
+    return spec.record.sources[spec.layout].preprocessing
 
 
 def setup(name: str, image_size: int, batch: int, dtype: str, seed: int = 0) -> Setup:

@@ -143,34 +143,24 @@ def _stream(blob: bytes):
 
 def batches(source, order, batch_size: int, image_size: int, policy, drop_remainder: bool, workers: int,
             prefetch: int, skips: SkipLog) -> Iterator[dict]:
-    """loader.batches' folder batches, decoded by nvImageCodec and resized on the device; `images` is a jax.Array.
-    Raises the UserError of `check` before any file is read."""
-    check()
-    return _batches(source, order, batch_size, image_size, policy, drop_remainder, workers, prefetch, skips)
+    """loader.batches' folder batches (which has made `check`), decoded by nvImageCodec and resized on the device;
+    `images` is a jax.Array."""
+    from research.data import loader
 
-
-def _batches(source, order, batch_size, image_size, policy, drop_remainder, workers, prefetch, skips):
-    kept = []
-    for element in _decoded(source, order, batch_size, workers, prefetch):
-        if "skip" in element:
-            skips.add(*element["skip"])
-            continue
-        kept.append(element)
-        if len(kept) == batch_size:
-            yield _batch(kept, image_size, policy, batch_size)
-            kept = []
-    if kept and not drop_remainder:
-        yield _batch(kept, image_size, policy, batch_size)
+    stack = functools.partial(_batch, size=image_size, policy=policy, batch=batch_size)
+    return loader.batched(_decoded(source, order, batch_size, workers, prefetch), skips, batch_size,
+                           drop_remainder, stack)
 
 
 def _batch(elements: list, size: int, policy, batch: int) -> dict:
-    return {"images": resize([e["image"] for e in elements], size, policy, batch),
-            "labels": np.array([e["label"] for e in elements], np.int32),
+    return {"images": resize([e["images"] for e in elements], size, policy, batch),
+            "labels": np.array([e["labels"] for e in elements], np.int32),
             "index": np.array([e["index"] for e in elements], np.int64)}
 
 
 def _decoded(source, order, chunk: int, workers: int, prefetch: int) -> Iterator[dict]:
-    """One element per record in `order`'s order: {"image", "label", "index"} or {"skip": (name, reason)}. Bytes
+    """One element per record in `order`'s order: {"images", "labels", "index"} (loader's element, one image of
+    any size) or {"skip": (name, reason)}. Bytes
     are read `prefetch` chunks ahead on `workers` threads; each chunk's JPEGs are decoded in one call."""
     pool = ThreadPoolExecutor(max(1, workers))
     ahead = collections.deque()
@@ -210,7 +200,7 @@ def _decode_chunk(reads, pool, source) -> list[dict]:
         if skip is not None or isinstance(image, tuple):
             out.append({"skip": skip or image})
         else:
-            out.append({"image": image, "label": int(source.labels[index]), "index": index})
+            out.append({"images": image, "labels": int(source.labels[index]), "index": index})
     return out
 
 

@@ -111,7 +111,7 @@ def _file_batches(source, order, batch_size, image_size, policy, drop_remainder,
     for, and unreadable files are dropped here, where the skip log lives, and the survivors batched."""
     load = functools.partial(_load, source, policy, image_size)
     if source.kind == "folder" and source.reader is None and workers > 1 and len(order) >= PROCESS_MIN:
-        return _batched(_in_processes(source, policy, image_size, order, workers, prefetch * batch_size), skips,
+        return batched(_in_processes(source, policy, image_size, order, workers, prefetch * batch_size), skips,
                         batch_size, drop_remainder)
     import grain
 
@@ -181,17 +181,19 @@ def _worker_load(indices) -> list:
     return [_WORKER["load"](i) for i in indices]
 
 
-def _batched(elements, skips: SkipLog, batch_size: int, drop_remainder: bool) -> Iterator[dict]:
-    """The readable elements, stacked `batch_size` at a time: the same batches grain's `batch` makes."""
+def batched(elements, skips: SkipLog, batch_size: int, drop_remainder: bool, stack=None) -> Iterator[dict]:
+    """The readable elements, stacked `batch_size` at a time (by `stack`, default `_stack`): the same batches
+    grain's `batch` makes."""
+    stack = stack or _stack
     kept = []
     for element in elements:
         if _readable(skips, element):
             kept.append(element)
         if len(kept) == batch_size:
-            yield _stack(kept)
+            yield stack(kept)
             kept = []
     if kept and not drop_remainder:
-        yield _stack(kept)
+        yield stack(kept)
 
 
 def _stack(elements: list) -> dict:

@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -492,28 +494,30 @@ class _Sink:
 
     def __init__(self, f, state: State, run: Runner, source, skips: SkipLog, batch_size: int, buffer_size: int,
                  depth: int = 2):
-        import queue
-        import threading
-
         self.f, self.state, self.run, self.source, self.skips = f, state, run, source, skips
         self.batch_size, self.buffer_size = batch_size, buffer_size
-        self.queue, self.full = queue.Queue(depth), queue.Full
+        self.queue = queue.Queue(depth)
         self.error, self.stop, self.done = None, threading.Event(), object()
         self.thread = threading.Thread(target=self._drain, name="features-sink", daemon=True)
         self.thread.start()
 
     def put(self, batch, submitted) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
+        self._offer((batch, submitted))
+        self._raise()
+
+    def _offer(self, item) -> None:
+        """Queues `item` once there is room, unless the thread has ended (on an error)."""
+        while self.thread.is_alive():
             try:
-                return self.queue.put((batch, submitted), timeout=self.POLL)
-            except self.full:
+                return self.queue.put(item, timeout=self.POLL)
+            except queue.Full:
                 continue
 
-    def _drain(self) -> None:
-        import queue
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
 
+    def _drain(self) -> None:
         pending = []
         try:
             while not self.stop.is_set():
@@ -539,22 +543,13 @@ class _Sink:
 
     def __exit__(self, kind, error, trace):
         if kind is None:
-            self._finish()
+            self._offer(self.done)
         else:
             self.stop.set()
-            self.thread.join()
-        return False
-
-    def _finish(self) -> None:
-        while self.thread.is_alive():
-            try:
-                self.queue.put(self.done, timeout=self.POLL)
-                break
-            except self.full:
-                continue
         self.thread.join()
-        if self.error is not None:
-            raise self.error
+        if kind is None:
+            self._raise()
+        return False
 
 
 def _flush(f, state: State, pending: list, source, skips: dict) -> None:

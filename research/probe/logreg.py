@@ -119,15 +119,16 @@ class _RowSpaceFits:
     """scikit-learn's fits of one training part, made in its row space (`research.probe.softmax`)."""
 
     def __init__(self, x, rows, y, space, fitted):
+        """x[rows] as fitted: `fitted` where `_coordinates` made it (scaled), else x itself, `rows` of it."""
         self.classes, self.index = np.unique(y, return_inverse=True)
-        self.z = space.z
-        basis_x, basis_rows = (x, rows) if fitted is None else (fitted, None)
-        self.basis = softmax.Basis(basis_x, basis_rows, space.coef)
+        self.space = space
+        features, rows = (x, rows) if fitted is None else (fitted, None)
+        self.basis = softmax.Basis(features, rows, space.coef)
         # scikit-learn computes in the features' dtype: float32 features keep float32 per-sample losses
-        self.loss_dtype = np.float32 if (x if fitted is None else fitted).dtype == np.float32 else np.float64
+        self.loss_dtype = np.float32 if features.dtype == np.float32 else np.float64
 
     def fit(self, c: float) -> softmax.Fit:
-        return softmax.fit(self.z, self.index, len(self.classes), float(c), self.basis, TOL, MAX_ITER,
+        return softmax.fit(self.space.z, self.index, len(self.classes), float(c), self.basis, TOL, MAX_ITER,
                            self.loss_dtype)
 
 

@@ -136,8 +136,6 @@ def test_dump_cases_time_gpu_decoding_or_say_why_not(tmp_path, monkeypatch):
     """Case f's three inputs on a tiny model: the pack, the JPEGs, and the JPEGs with --decode gpu (nvImageCodec's
     CPU backend where it is installed; elsewhere, and on any machine without a GPU by default, absent with the
     one-line reason)."""
-    import importlib.util
-
     from benchmarks import models, pipeline
     from research.data import gpu_decode, pack
 
@@ -145,7 +143,7 @@ def test_dump_cases_time_gpu_decoding_or_say_why_not(tmp_path, monkeypatch):
     import jax
     if jax.default_backend() != "gpu":
         assert "pip install -e '.[gpu-decode]'" in run.gpu_decode_absent()
-    codec = importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    codec = gpu_decode.installed()
     if codec:
         monkeypatch.setenv(gpu_decode.BACKEND_ENV, "cpu")
     s = models.setup("resnet18:torchvision", 32, 2, "float32")

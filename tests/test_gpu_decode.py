@@ -3,7 +3,6 @@ placement. The decode against PIL's, the device resize against ResizePolicy.appl
 compiles, a `research features` run, and the one-line error where it cannot run."""
 from __future__ import annotations
 
-import importlib.util
 import io
 
 import numpy as np
@@ -19,7 +18,7 @@ from research.errors import UserError
 from tests.conftest import SHARED
 
 FLOWERS = SHARED / "datasets" / "flowers17"
-needs_codec = pytest.mark.skipif(importlib.util.find_spec("nvidia.nvimgcodec") is None,
+needs_codec = pytest.mark.skipif(not gpu_decode.installed(),
                                  reason="nvImageCodec is not installed (pip install nvidia-nvimgcodec-cu12)")
 
 

@@ -92,6 +92,11 @@ def _stderr_into(lines: list):
             lines.extend(line for line in f.read().decode(errors="replace").splitlines() if line.strip())
 
 
+def installed() -> bool:
+    """Whether nvImageCodec imports here."""
+    return _codec()[0] is not None
+
+
 def check() -> None:
     """A UserError naming the extra unless nvImageCodec can decode where asked (a GPU with nvJPEG, by default)."""
     module, messages = _codec()
